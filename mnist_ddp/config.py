@@ -1,0 +1,261 @@
+"""Configuration: typed dataclasses, YAML files under configs/, ``key=value`` overrides.
+
+Precedence, lowest first: the dataclass defaults, the YAML file (``--config``, else
+``configs/default.yaml``), then command-line overrides. Everything is checked before any
+work starts, and every problem is an :class:`InputError` naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from yaml import YAMLError
+
+from mnist_ddp.errors import InputError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_FILE = REPO_ROOT / "configs" / "default.yaml"
+DATA_ENV_VAR = "MNIST_DDP_DATA"
+
+# The download sources, tried in order: the PyTorch project's copy first because the
+# original site has been unreliable for years.
+MNIST_MIRRORS = [
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "http://yann.lecun.com/exdb/mnist/",
+]
+
+
+def doc(text: str, default: Any = MISSING, factory: Any = MISSING) -> Any:
+    """A dataclass field whose help text ``--help`` prints."""
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata={"doc": text})
+    return field(default=default, metadata={"doc": text})
+
+
+@dataclass
+class DataConfig:
+    root: str = doc(f"folder holding MNIST (or a .mat file); empty: ${DATA_ENV_VAR}, else ./data", "")
+    dataset: str = doc("mnist | digits (scikit-learn's bundled 8x8 digits, no download)", "mnist")
+    split: str = doc("standard (60,000/10,000) | seed (the blog: 70,000 pooled, seeded split)", "standard")
+    format: str = doc("auto | idx | mat (mnist-original.mat, the blog's file)", "auto")
+    download: bool = doc("download the IDX files into root when they are missing", True)
+    mirrors: list[str] = doc("base URLs tried in order for the .gz files", factory=lambda: list(MNIST_MIRRORS))
+    download_timeout_seconds: float = doc("network timeout per request", 10.0)
+    seed_train_size: int = doc("training images in the seed split", 50_000)
+    seed_test_size: int = doc("test images in the seed split", 500)
+
+
+@dataclass
+class ModelConfig:
+    hidden: list[int] = doc("hidden layer widths", factory=lambda: [256, 256, 256, 128, 128])
+    dropout: float = doc("dropout probability before the last layer, in [0, 1)", 0.5)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = doc("passes over the training set", 10)
+    batch_size: int = doc("global batch size (split evenly across ranks)", 512)
+    optimizer: str = doc("sgd | adamw", "adamw")
+    lr: float = doc("learning rate (the peak rate for onecycle)", 3e-3)
+    momentum: float = doc("sgd momentum", 0.0)
+    nesterov: bool = doc("sgd Nesterov momentum (needs momentum > 0)", False)
+    weight_decay: float = doc("weight decay (decoupled for adamw)", 0.01)
+    schedule: str = doc("none | cosine | onecycle, stepped every batch", "onecycle")
+    bf16: bool = doc("bf16 autocast; fast on GPUs and CPUs with AVX512-BF16/AMX, slow elsewhere", False)
+    compile: bool = doc("torch.compile the model", False)
+    eval_batch_size: int = doc("batch size for evaluation", 10_000)
+    device: str = doc("auto | cpu | cuda", "auto")
+    threads: int = doc("torch intra-op threads per process; 0 keeps torch's default", 0)
+
+
+@dataclass
+class RunConfig:
+    dir: str = doc("output folder; empty: runs/<timestamp>", "")
+
+
+@dataclass
+class Config:
+    seed: int = doc("seed for initialisation, shuffling, dropout and the seed split", 0)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+CHOICES = {
+    "data.dataset": ("mnist", "digits"),
+    "data.split": ("standard", "seed"),
+    "data.format": ("auto", "idx", "mat"),
+    "train.optimizer": ("sgd", "adamw"),
+    "train.schedule": ("none", "cosine", "onecycle"),
+    "train.device": ("auto", "cpu", "cuda"),
+}
+
+
+def all_keys(cls: type = Config, prefix: str = "") -> dict[str, tuple[Any, str]]:
+    """Every dotted leaf key of the config with its default and help text."""
+    keys: dict[str, tuple[Any, str]] = {}
+    instance = cls()
+    for f in fields(cls):
+        value = getattr(instance, f.name)
+        if is_dataclass(value):
+            keys.update(all_keys(type(value), f"{prefix}{f.name}."))
+        else:
+            keys[f"{prefix}{f.name}"] = (value, f.metadata.get("doc", ""))
+    return keys
+
+
+def leaf_keys(node: Any, prefix: str = "") -> list[str]:
+    """Dotted leaf keys of a plain nested dict (a parsed YAML file or override list)."""
+    if not isinstance(node, dict | DictConfig):
+        return [prefix[:-1]]
+    keys: list[str] = []
+    for k, v in node.items():
+        keys.extend(leaf_keys(v, f"{prefix}{k}."))
+    return keys
+
+
+def check_known_keys(node: Any, source: str) -> None:
+    """Reject keys the config does not have, suggesting the closest valid one."""
+    known = all_keys()
+    sections = {k.rsplit(".", 1)[0] for k in known if "." in k}
+    for key in leaf_keys(node):
+        if key in known:
+            continue
+        if key in sections:
+            raise InputError(f"config key '{key}' ({source}) is a section; set one of its keys, e.g. {key}.<name>=...")
+        close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.5)
+        hint = f"; did you mean '{close[0]}'?" if close else "; run with --help to list the keys"
+        raise InputError(f"unknown config key '{key}' ({source}){hint}")
+
+
+def parse_overrides(overrides: list[str]) -> DictConfig:
+    """Turn ``key=value`` strings into a config tree, rejecting anything else."""
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise InputError(f"expected a key=value override, got '{item}' (e.g. train.epochs=5)")
+    try:
+        return OmegaConf.from_dotlist(overrides)
+    except (OmegaConfBaseException, YAMLError) as e:
+        raise InputError(f"could not parse the overrides {overrides}: {one_line(e)}") from None
+
+
+def load_yaml(path: Path) -> DictConfig:
+    """Read a YAML config file; a missing or malformed file is an InputError."""
+    if not path.is_file():
+        raise InputError(f"config file {path} does not exist (configs/ holds default.yaml, seed.yaml, smoke.yaml)")
+    try:
+        node = OmegaConf.load(path)
+    except (OmegaConfBaseException, YAMLError, UnicodeDecodeError) as e:
+        raise InputError(f"config file {path} is not valid YAML: {one_line(e)}") from None
+    except OSError as e:  # OmegaConf's answer to a file holding a bare scalar
+        raise InputError(f"config file {path} must hold a mapping of keys ({one_line(e)})") from None
+    if not isinstance(node, DictConfig):
+        raise InputError(f"config file {path} must hold a mapping of keys, not a list")
+    return node
+
+
+def one_line(e: BaseException) -> str:
+    """The first line of an exception message."""
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def merge(base: DictConfig, node: DictConfig, source: str) -> DictConfig:
+    """Merge ``node`` into the typed ``base``, turning type errors into one-line InputErrors."""
+    check_known_keys(node, source)
+    for key in leaf_keys(node):
+        value = OmegaConf.select(node, key)
+        try:
+            OmegaConf.update(base, key, value, merge=False)
+        except (OmegaConfBaseException, ValueError) as e:
+            expected = type(all_keys()[key][0]).__name__
+            message = f"config key '{key}' ({source}): {value!r} is not a valid {expected} ({one_line(e)})"
+            raise InputError(message) from None
+    return base
+
+
+def validate(cfg: Config) -> None:
+    """Reject impossible values before any work starts."""
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(OmegaConf.structured(cfg), key)
+        if value not in allowed:
+            raise InputError(f"config key '{key}' is {value!r}; choose one of: {', '.join(allowed)}")
+    t, m, d = cfg.train, cfg.model, cfg.data
+    checks = [
+        (t.epochs >= 1, "train.epochs", t.epochs, "at least 1"),
+        (t.batch_size >= 1, "train.batch_size", t.batch_size, "at least 1"),
+        (t.eval_batch_size >= 1, "train.eval_batch_size", t.eval_batch_size, "at least 1"),
+        (t.lr > 0, "train.lr", t.lr, "greater than 0"),
+        (t.momentum >= 0, "train.momentum", t.momentum, "at least 0"),
+        (t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "at least 0"),
+        (t.threads >= 0, "train.threads", t.threads, "at least 0 (0 keeps torch's default)"),
+        (not t.nesterov or t.momentum > 0, "train.nesterov", t.nesterov, "false unless train.momentum > 0"),
+        (0 <= m.dropout < 1, "model.dropout", m.dropout, "in [0, 1)"),
+        (len(m.hidden) >= 1, "model.hidden", list(m.hidden), "a non-empty list of widths, e.g. [256,128]"),
+        (all(w >= 1 for w in m.hidden), "model.hidden", list(m.hidden), "widths of at least 1"),
+        (d.seed_train_size >= 1, "data.seed_train_size", d.seed_train_size, "at least 1"),
+        (d.seed_test_size >= 1, "data.seed_test_size", d.seed_test_size, "at least 1"),
+        (d.download_timeout_seconds > 0, "data.download_timeout_seconds", d.download_timeout_seconds, "greater than 0"),
+    ]
+    for ok, key, value, need in checks:
+        if not ok:
+            raise InputError(f"config key '{key}' is {value!r}; it must be {need}")
+
+
+def load_config(config_file: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Build the run's config from defaults, a YAML file and overrides, then validate it."""
+    cfg = OmegaConf.structured(Config)
+    path = Path(config_file) if config_file else DEFAULT_CONFIG_FILE
+    if config_file or path.is_file():
+        cfg = merge(cfg, load_yaml(path), str(path))
+    cfg = merge(cfg, parse_overrides(overrides or []), "command line")
+    config: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    if not config.data.root:
+        config.data.root = os.environ.get(DATA_ENV_VAR) or "data"
+    validate(config)
+    return config
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """The config as plain nested dicts and lists (safe for YAML, JSON and weights-only torch.load)."""
+    container = OmegaConf.to_container(OmegaConf.structured(cfg))
+    assert isinstance(container, dict)
+    return container  # type: ignore[return-value]
+
+
+def to_yaml(cfg: Config) -> str:
+    """The config as YAML text."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def help_text() -> str:
+    """Every config key with its default and meaning, for ``--help``."""
+    keys = all_keys()
+    width = max(len(k) for k in keys)
+    lines = ["config keys (override with key=value):"]
+    for key, (default, text) in keys.items():
+        shown = "[" + ", ".join(map(str, default)) + "]" if isinstance(default, list) else repr(default)
+        lines.append(f"  {key:<{width}}  {text} [default: {shown}]")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None, prog: str) -> Config:
+    """Parse ``[--config FILE] [key=value ...]`` into a validated Config."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Train the MNIST dropout MLP on one process, or on many under torchrun.",
+        epilog=help_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", help=f"YAML config file (default: {DEFAULT_CONFIG_FILE.relative_to(REPO_ROOT)})")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=5")
+    args = parser.parse_args(argv)
+    return load_config(args.config, args.overrides)

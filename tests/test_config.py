@@ -1,0 +1,110 @@
+"""Config loading: files, overrides, strictness and --help."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import CONFIGS, run_module
+from omegaconf import OmegaConf
+
+from mnist_ddp.config import Config, all_keys, load_config, to_dict
+from mnist_ddp.errors import InputError
+
+
+def test_default_yaml_is_the_dataclass_defaults():
+    # --help prints the dataclass defaults, so they must match the file used without --config.
+    from_file = to_dict(load_config(CONFIGS / "default.yaml"))
+    from_code = to_dict(Config())
+    from_code["data"]["root"] = from_file["data"]["root"]  # filled in from $MNIST_DDP_DATA or ./data
+    assert from_file == from_code
+
+
+def test_every_config_file_loads():
+    seed = load_config(CONFIGS / "seed.yaml")
+    assert (seed.train.batch_size, seed.train.lr, seed.train.optimizer, seed.train.epochs) == (100, 0.01, "sgd", 1000)
+    assert (seed.data.split, seed.data.seed_train_size, seed.data.seed_test_size) == ("seed", 50000, 500)
+    assert seed.train.momentum == 0.0 and seed.train.schedule == "none"
+    smoke = load_config(CONFIGS / "smoke.yaml")
+    assert smoke.data.dataset == "digits"
+
+
+def test_overrides_beat_the_file_and_are_typed():
+    cfg = load_config(CONFIGS / "seed.yaml", ["train.epochs=5", "model.hidden=[64,32]", "train.bf16=true"])
+    assert cfg.train.epochs == 5 and cfg.model.hidden == [64, 32] and cfg.train.bf16 is True
+    assert cfg.train.batch_size == 100
+
+
+def test_data_root_comes_from_env_then_default(monkeypatch):
+    monkeypatch.setenv("MNIST_DDP_DATA", "/somewhere/mnist")
+    assert load_config().data.root == "/somewhere/mnist"
+    assert load_config(overrides=["data.root=/explicit"]).data.root == "/explicit"
+    monkeypatch.delenv("MNIST_DDP_DATA")
+    assert load_config().data.root == "data"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.epoch=3", "unknown config key 'train.epoch' (command line); did you mean 'train.epochs'?"),
+        ("trian.lr=0.1", "did you mean 'train.lr'?"),
+        ("train=3", "config key 'train' (command line) is a section"),
+        ("train.epochs=abc", "config key 'train.epochs' (command line): 'abc' is not a valid int"),
+        ("train.bf16=maybe", "'maybe' is not a valid bool"),
+        ("model.hidden=[a]", "config key 'model.hidden' (command line): ['a'] is not a valid list"),
+        ("train.batch_size=0", "config key 'train.batch_size' is 0; it must be at least 1"),
+        ("train.lr=0", "config key 'train.lr' is 0.0; it must be greater than 0"),
+        ("train.lr=-1e-3", "config key 'train.lr' is -0.001; it must be greater than 0"),
+        ("model.dropout=1", "config key 'model.dropout' is 1.0; it must be in [0, 1)"),
+        ("model.dropout=-0.1", "it must be in [0, 1)"),
+        ("train.epochs=0", "config key 'train.epochs' is 0; it must be at least 1"),
+        ("model.hidden=[]", "config key 'model.hidden' is []; it must be a non-empty list"),
+        ("model.hidden=[64,0]", "widths of at least 1"),
+        ("train.optimizer=adam", "config key 'train.optimizer' is 'adam'; choose one of: sgd, adamw"),
+        ("data.split=random", "choose one of: standard, seed"),
+        ("train.nesterov=true", "config key 'train.nesterov' is True; it must be false unless train.momentum > 0"),
+        ("epochs", "expected a key=value override, got 'epochs'"),
+    ],
+)
+def test_bad_overrides_are_one_line_errors(override, message):
+    with pytest.raises(InputError) as err:
+        load_config(overrides=[override])
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_config_files(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(InputError, match="is not valid YAML"):
+        load_config(bad)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("train:\n  batchsize: 64\n")
+    with pytest.raises(InputError, match=r"unknown config key 'train.batchsize' \(.*typo.yaml\); did you mean"):
+        load_config(typo)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42\n")
+    with pytest.raises(InputError, match="must hold a mapping"):
+        load_config(scalar)
+
+
+def test_every_key_has_a_doc():
+    assert all(text for _, text in all_keys().values())
+
+
+def test_help_lists_every_key_with_its_default(tmp_path):
+    result = run_module("mnist_ddp.train", "--help", cwd=tmp_path)
+    assert result.returncode == 0
+    for key in all_keys():
+        line = next((ln for ln in result.stdout.splitlines() if ln.strip().startswith(key + " ")), None)
+        assert line is not None, key
+        assert "[default:" in line
+    assert "train.batch_size" in result.stdout and "[default: 512]" in result.stdout
+
+
+def test_resolved_config_round_trips_through_yaml(tmp_path):
+    cfg = load_config(overrides=["train.epochs=3", "data.root=/x"])
+    path = tmp_path / "config.yaml"
+    path.write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    again = load_config(path)
+    assert to_dict(again) == to_dict(cfg)

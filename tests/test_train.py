@@ -1,0 +1,170 @@
+"""The training entry point: its pieces, and the real command end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import CONFIGS, run_module
+
+from mnist_ddp.config import TrainConfig
+from mnist_ddp.data import DataConfig, load_splits
+from mnist_ddp.evaluation import evaluate
+from mnist_ddp.model import MLP
+from mnist_ddp.train import build_optimizer, build_schedule
+
+SUMMARY_KEYS = {
+    "test_accuracy",
+    "best_test_accuracy",
+    "test_examples",
+    "per_class_accuracy",
+    "epochs",
+    "world_size",
+    "samples_per_second",
+    "wall_seconds",
+}
+METRIC_KEYS = {"epoch", "train_loss", "test_loss", "test_accuracy", "samples_per_second", "elapsed_seconds"}
+
+
+def test_onecycle_peaks_at_lr_and_ends_near_zero():
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    cfg = TrainConfig(lr=0.01, schedule="onecycle")
+    optimizer = build_optimizer(params, cfg, torch.device("cpu"))
+    schedule = build_schedule(optimizer, cfg, total_steps=100)
+    lrs = []
+    for _ in range(100):
+        optimizer.step()
+        lrs.append(optimizer.param_groups[0]["lr"])
+        schedule.step()
+    assert max(lrs) == pytest.approx(0.01, rel=1e-3) and lrs[-1] < 1e-5
+
+
+def test_onecycle_leaves_plain_sgd_without_momentum():
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    cfg = TrainConfig(optimizer="sgd", lr=0.01, momentum=0.0, schedule="onecycle")
+    optimizer = build_optimizer(params, cfg, torch.device("cpu"))
+    schedule = build_schedule(optimizer, cfg, total_steps=10)
+    for _ in range(5):
+        optimizer.step()
+        schedule.step()
+        assert optimizer.param_groups[0]["momentum"] == 0.0
+
+
+def test_sgd_gets_momentum_and_nesterov():
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    cfg = TrainConfig(optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4, schedule="none")
+    optimizer = build_optimizer(params, cfg, torch.device("cpu"))
+    group = optimizer.param_groups[0]
+    assert isinstance(optimizer, torch.optim.SGD)
+    assert (group["lr"], group["momentum"], group["nesterov"], group["weight_decay"]) == (0.1, 0.9, True, 1e-4)
+    assert build_schedule(optimizer, cfg, 10) is None
+
+
+def read_run(run_dir):
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return records, json.loads((run_dir / "summary.json").read_text())
+
+
+def test_smoke_run_learns_digits_and_writes_every_output(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_module("mnist_ddp.train", "--config", str(CONFIGS / "smoke.yaml"), f"run.dir={run_dir}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml", "metrics.jsonl", "model.pt", "summary.json"]
+    records, summary = read_run(run_dir)
+    assert [r["epoch"] for r in records] == list(range(1, 16))
+    assert all(r.keys() >= METRIC_KEYS for r in records)
+    assert summary.keys() >= SUMMARY_KEYS
+    assert summary["test_examples"] == 360 and summary["world_size"] == 1 and summary["epochs"] == 15
+    assert summary["test_accuracy"] >= 0.90
+    assert len(summary["per_class_accuracy"]) == 10
+    assert records[-1]["elapsed_seconds"] <= summary["wall_seconds"]
+    # One printed line per epoch.
+    assert sum(line.startswith("epoch ") for line in result.stdout.splitlines()) == 15
+
+    # The saved weights reproduce the reported accuracy exactly.
+    saved = torch.load(run_dir / "model.pt", weights_only=True)
+    model = MLP(saved["in_features"], saved["config"]["model"]["hidden"], saved["config"]["model"]["dropout"])
+    model.load_state_dict(saved["state_dict"])
+    data = load_splits(DataConfig(dataset="digits"), seed=0)
+    counts = evaluate(model, data.test_images, data.test_labels, 1000)
+    assert counts.accuracy == summary["test_accuracy"]
+    # The resolved config is written and loads back as the same run.
+    assert "dataset: digits" in (run_dir / "config.yaml").read_text()
+
+
+def test_same_seed_same_run(tmp_path):
+    args = ["--config", str(CONFIGS / "smoke.yaml"), "train.epochs=2"]
+    a = run_module("mnist_ddp.train", *args, f"run.dir={tmp_path / 'a'}", cwd=tmp_path)
+    b = run_module("mnist_ddp.train", *args, f"run.dir={tmp_path / 'b'}", cwd=tmp_path)
+    c = run_module("mnist_ddp.train", *args, "seed=1", f"run.dir={tmp_path / 'c'}", cwd=tmp_path)
+    assert a.returncode == b.returncode == c.returncode == 0
+    loss = [[r["train_loss"] for r in read_run(tmp_path / d)[0]] for d in "abc"]
+    assert loss[0] == loss[1] != loss[2]
+
+
+def test_default_run_dir_is_a_timestamped_folder_under_runs(tmp_path):
+    result = run_module("mnist_ddp.train", "--config", str(CONFIGS / "smoke.yaml"), "train.epochs=1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert run_dir.name[:8].isdigit() and (run_dir / "summary.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train.batchsize=5"], "error: unknown config key 'train.batchsize' (command line); did you mean"),
+        (["train.batch_size=0"], "error: config key 'train.batch_size' is 0; it must be at least 1"),
+        (["--config", "missing.yaml"], "error: config file missing.yaml does not exist"),
+        (["data.download=false"], "error: MNIST files missing from"),
+        (["data.format=mat"], "mnist-original.mat does not exist"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    run_dir = tmp_path / "run"
+    result = run_module("mnist_ddp.train", *args, f"data.root={empty}", f"run.dir={run_dir}", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and message in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert not run_dir.exists() and list(empty.iterdir()) == []
+
+
+def test_corrupt_data_file_is_named(tmp_path):
+    from mnist_files import write_fake_mnist
+
+    write_fake_mnist(tmp_path / "mnist", n_train=20, n_test=10)
+    labels = tmp_path / "mnist" / "t10k-labels-idx1-ubyte"
+    labels.write_bytes(labels.read_bytes()[:-3])
+    result = run_module("mnist_ddp.train", f"data.root={tmp_path / 'mnist'}", f"run.dir={tmp_path / 'r'}", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: {labels}: header says") and "Traceback" not in result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_default_config_on_real_mnist_beats_97_5(tmp_path, real_mnist):
+    run_dir = tmp_path / "run"
+    result = run_module("mnist_ddp.train", f"data.root={real_mnist}", f"run.dir={run_dir}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    records, summary = read_run(run_dir)
+    assert summary["test_examples"] == 10_000
+    assert summary["test_accuracy"] >= 0.975
+    assert all(r["test_accuracy"] <= 1 for r in records)
+
+
+def test_seed_config_runs_on_the_blog_split(tmp_path, real_mnist):
+    run_dir = tmp_path / "run"
+    result = run_module(
+        "mnist_ddp.train",
+        "--config",
+        str(CONFIGS / "seed.yaml"),
+        "train.epochs=2",
+        f"data.root={real_mnist}",
+        f"run.dir={run_dir}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    records, summary = read_run(run_dir)
+    assert summary["test_examples"] == 500 and len(records) == 2
+    assert summary["test_accuracy"] > 0.5  # plain SGD at lr 0.01 learns, slowly
