@@ -159,12 +159,14 @@ def test_seed_config_runs_on_the_blog_split(tmp_path, real_mnist):
         "mnist_ddp.train",
         "--config",
         str(CONFIGS / "seed.yaml"),
-        "train.epochs=2",
+        "train.epochs=3",
         f"data.root={real_mnist}",
         f"run.dir={run_dir}",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
     records, summary = read_run(run_dir)
-    assert summary["test_examples"] == 500 and len(records) == 2
-    assert summary["test_accuracy"] > 0.5  # plain SGD at lr 0.01 learns, slowly
+    assert summary["test_examples"] == 500 and len(records) == 3
+    # Plain SGD at lr 0.01 through five ReLU layers starts slowly (~76% after 3 epochs) but learns.
+    assert records[0]["train_loss"] > records[1]["train_loss"] > records[2]["train_loss"]
+    assert summary["test_accuracy"] > 0.5
