@@ -76,6 +76,12 @@ class TrainConfig:
 
 
 @dataclass
+class DistConfig:
+    backend: str = doc("auto (nccl for CUDA ranks, gloo for CPU ranks) | nccl | gloo", "auto")
+    timeout_seconds: float = doc("process-group set-up and collective timeout", 300.0)
+
+
+@dataclass
 class RunConfig:
     dir: str = doc("output folder; empty: runs/<timestamp>", "")
 
@@ -86,6 +92,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
 
@@ -96,6 +103,7 @@ CHOICES = {
     "train.optimizer": ("sgd", "adamw"),
     "train.schedule": ("none", "cosine", "onecycle"),
     "train.device": ("auto", "cpu", "cuda"),
+    "dist.backend": ("auto", "nccl", "gloo"),
 }
 
 
@@ -203,6 +211,7 @@ def validate(cfg: Config) -> None:
         (all(w >= 1 for w in m.hidden), "model.hidden", list(m.hidden), "widths of at least 1"),
         (d.seed_train_size >= 1, "data.seed_train_size", d.seed_train_size, "at least 1"),
         (d.seed_test_size >= 1, "data.seed_test_size", d.seed_test_size, "at least 1"),
+        (cfg.dist.timeout_seconds > 0, "dist.timeout_seconds", cfg.dist.timeout_seconds, "greater than 0"),
         (d.download_timeout_seconds > 0, "data.download_timeout_seconds", d.download_timeout_seconds, "greater than 0"),
     ]
     for ok, key, value, need in checks:

@@ -171,6 +171,24 @@ def missing_data_message(root: Path, missing: list[str]) -> str:
     )
 
 
+def prepare_files(cfg: DataConfig) -> None:
+    """Make sure the MNIST IDX files are on disk, downloading the missing ones when allowed.
+
+    Under DDP one process per node calls this before the others read, so a node downloads once.
+    """
+    if cfg.dataset != "mnist" or mat_path(cfg) is not None:
+        return
+    root = Path(cfg.root)
+    missing = [k for k, p in find_idx_files(root).items() if p is None]
+    if not missing:
+        return
+    if not cfg.download:
+        raise InputError(missing_data_message(root, [IDX_NAMES[k] for k in missing]) + " (data.download=false)")
+    from mnist_ddp.download import download_mnist
+
+    download_mnist(root, cfg.mirrors, cfg.download_timeout_seconds, missing)
+
+
 def load_mnist_arrays(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The standard 60,000/10,000 MNIST split from IDX files (downloaded if allowed) or the .mat file."""
     mat = mat_path(cfg)
@@ -180,16 +198,8 @@ def load_mnist_arrays(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarr
         images, labels = read_mat(mat)
         n = STANDARD_TRAIN_SIZE
         return images[:n], labels[:n], images[n:], labels[n:]
-    root = Path(cfg.root)
-    paths = find_idx_files(root)
-    missing = [IDX_NAMES[k] for k, p in paths.items() if p is None]
-    if missing:
-        if not cfg.download:
-            raise InputError(missing_data_message(root, missing) + " (data.download=false)")
-        from mnist_ddp.download import download_mnist
-
-        download_mnist(root, cfg.mirrors, cfg.download_timeout_seconds, [k for k, p in paths.items() if p is None])
-        paths = find_idx_files(root)
+    prepare_files(cfg)
+    paths = find_idx_files(Path(cfg.root))
     train = read_idx_pair(paths["train_images"], paths["train_labels"])  # type: ignore[arg-type]
     test = read_idx_pair(paths["test_images"], paths["test_labels"])  # type: ignore[arg-type]
     return train[0], train[1], test[0], test[1]

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnist_ddp.data import NUM_CLASSES
+from mnist_ddp.distributed import all_reduce_sum
 
 
 @dataclass
@@ -71,3 +72,15 @@ def counts_from_tensor(counts: torch.Tensor) -> EvalCounts:
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> EvalCounts:
     """Score ``model`` on every given image exactly once."""
     return counts_from_tensor(count_tensor(model, images, labels, batch_size))
+
+
+def evaluate_across_ranks(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int, rank: int, world_size: int
+) -> EvalCounts:
+    """Every rank scores a disjoint, unpadded share (``rank::world_size``) and the counts are summed.
+
+    Each image is scored exactly once for any world size, including ones that do not divide
+    the test set (a rank may hold one image more). Every rank must call this: it is a collective.
+    """
+    counts = count_tensor(model, images[rank::world_size], labels[rank::world_size], batch_size)
+    return counts_from_tensor(all_reduce_sum(counts))

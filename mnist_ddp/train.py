@@ -1,11 +1,15 @@
 """Train the MNIST dropout MLP: ``python -m mnist_ddp.train [--config FILE] [key=value ...]``.
 
-Read top to bottom: config -> data on the device -> model, optimizer, schedule -> for each
-epoch: shuffle, step through index batches, score the whole test split, log -> save.
+The same code runs as one process and under ``torchrun`` (or ``srun``). Read top to bottom:
+config -> process group -> data on the device -> model (DDP-wrapped when there are several
+ranks), optimizer, schedule -> for each epoch: shuffle, take this rank's shard, step through
+index batches, score this rank's share of the test split and sum the counts over ranks ->
+rank 0 logs and saves.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 import time
@@ -17,24 +21,20 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
-from mnist_ddp import metrics
+from mnist_ddp import distributed, metrics
 from mnist_ddp.atomic import atomic_write_text
 from mnist_ddp.checkpoint import save_model
 from mnist_ddp.config import Config, TrainConfig, parse_args, to_dict, to_yaml
-from mnist_ddp.data import epoch_permutation, load_splits, shard_indices
+from mnist_ddp.data import Splits, epoch_permutation, load_splits, prepare_files, shard_indices
 from mnist_ddp.errors import InputError
-from mnist_ddp.evaluation import evaluate
-from mnist_ddp.model import MLP, parameter_count
+from mnist_ddp.evaluation import evaluate_across_ranks
+from mnist_ddp.model import MLP, parameter_count, parameter_hash
 
-
-def select_device(name: str) -> torch.device:
-    """The device the config asks for; 'auto' takes CUDA when present."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("train.device=cuda but no CUDA device is available; use train.device=auto or cpu")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
+# Test-only hooks, read from the environment so that no user-facing key exists for them.
+FAIL_AT_ENV = "MNIST_DDP_TEST_FAIL_AT"  # "RANK:STEP": that rank raises at that global step
+PRINT_HASH_ENV = "MNIST_DDP_TEST_PRINT_HASH"  # "1": every rank prints its final parameter hash
 
 
 def build_optimizer(params: Any, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -47,7 +47,7 @@ def build_optimizer(params: Any, cfg: TrainConfig, device: torch.device) -> torc
 
 
 def build_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> Any:
-    """The learning-rate schedule, stepped once per batch; None for a constant rate."""
+    """The learning-rate schedule, stepped once per global step; None for a constant rate."""
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     if cfg.schedule == "onecycle":
@@ -57,6 +57,25 @@ def build_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_ste
             optimizer, max_lr=cfg.lr, total_steps=total_steps, cycle_momentum=cycle_momentum
         )
     return None
+
+
+def per_rank_batch_size(batch_size: int, world_size: int) -> int:
+    """Each rank's share of the global batch, which must split evenly."""
+    if batch_size % world_size:
+        raise InputError(
+            f"train.batch_size={batch_size} does not split evenly across {world_size} ranks;"
+            f" use a multiple of {world_size}"
+        )
+    return batch_size // world_size
+
+
+def check_fits_ranks(data: Splits, world_size: int) -> None:
+    """Every rank needs at least one training image of its own."""
+    if len(data.train_labels) < world_size:
+        raise InputError(
+            f"{len(data.train_labels)} training images cannot be shared by {world_size} ranks;"
+            " start fewer processes or use a larger dataset"
+        )
 
 
 def create_run_dir(cfg: Config) -> Path:
@@ -79,41 +98,83 @@ def create_run_dir(cfg: Config) -> Path:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed every generator the run draws from (initialisation, dropout)."""
+    """Seed every generator the run draws from."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
-def train(cfg: Config) -> dict[str, Any]:
-    """Run the whole job described by ``cfg`` and return its summary."""
-    tc = cfg.train
+def load_data_everywhere(cfg: Config, launch: distributed.Launch, device: torch.device) -> Splits:
+    """Download once per node (local rank 0), then read on every rank; a failure anywhere stops all."""
+    error = None
+    if launch.local_rank == 0:
+        try:
+            prepare_files(cfg.data)
+        except InputError as e:
+            error = e
+    distributed.raise_unless_all_ok(error, device)  # also the barrier the other local ranks wait at
+    data, error = None, None
+    try:
+        data = load_splits(cfg.data, cfg.seed)
+        check_fits_ranks(data, launch.world_size)
+    except InputError as e:
+        error = e
+    distributed.raise_unless_all_ok(error, device)
+    assert data is not None
+    return data.to(device)
+
+
+def fault_step(rank: int) -> int | None:
+    """The global step at which the test hook makes this rank fail, if any."""
+    spec = os.environ.get(FAIL_AT_ENV)
+    if not spec:
+        return None
+    fail_rank, step = (int(v) for v in spec.split(":"))
+    return step if fail_rank == rank else None
+
+
+def train(cfg: Config, launch: distributed.Launch, device: torch.device, backend: str) -> dict[str, Any]:
+    """Run the whole job described by ``cfg`` on this rank; rank 0 returns the summary."""
+    tc, rank, world_size = cfg.train, launch.rank, launch.world_size
+    is_main = rank == 0
+    per_rank_batch = per_rank_batch_size(tc.batch_size, world_size)
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    device = select_device(tc.device)
     seed_everything(cfg.seed)
 
-    data = load_splits(cfg.data, cfg.seed).to(device)
+    data = load_data_everywhere(cfg, launch, device)
     model = MLP(data.in_features, list(cfg.model.hidden), cfg.model.dropout).to(device)
-    forward = torch.compile(model) if tc.compile else model
+    # Same initial weights on every rank (seeded above); different dropout masks per rank.
+    torch.manual_seed(cfg.seed + rank)
+    ddp_model = model
+    if world_size > 1:
+        device_ids = [device.index] if device.type == "cuda" else None
+        ddp_model = DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True)
+    forward = torch.compile(ddp_model) if tc.compile else ddp_model
 
-    rank, world_size = 0, 1
-    per_rank_batch = tc.batch_size // world_size
-    steps_per_epoch = -(-len(shard_indices(torch.arange(len(data.train_labels)), rank, world_size)) // per_rank_batch)
+    # Every rank's shard has the same length (padded), hence the same number of steps.
+    shard_len = len(shard_indices(torch.arange(len(data.train_labels)), rank, world_size))
+    steps_per_epoch = -(-shard_len // per_rank_batch)
     optimizer = build_optimizer(model.parameters(), tc, device)
     schedule = build_schedule(optimizer, tc, tc.epochs * steps_per_epoch)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if tc.bf16 else nullcontext()
+    fail_at = fault_step(rank)
 
-    run_dir = create_run_dir(cfg)
-    atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
-    widths = "-".join(map(str, [data.in_features, *cfg.model.hidden, 10]))
-    print(
-        f"{data.source}: {len(data.train_labels)} train / {len(data.test_labels)} test images; "
-        f"model {widths} ({parameter_count(model):,} parameters) on {device}; outputs in {run_dir}",
-        flush=True,
-    )
+    run_dir = None
+    if is_main:
+        run_dir = create_run_dir(cfg)
+        atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
+        widths = "-".join(map(str, [data.in_features, *cfg.model.hidden, 10]))
+        print(
+            f"{data.source}: {len(data.train_labels)} train / {len(data.test_labels)} test images; "
+            f"model {widths} ({parameter_count(model):,} parameters); {world_size} rank(s) on {device.type}"
+            f" ({backend if world_size > 1 else 'no process group'}), {per_rank_batch} images per rank per step;"
+            f" outputs in {run_dir}",
+            flush=True,
+        )
 
     records: list[dict[str, Any]] = []
+    global_step = 0
     for epoch in range(1, tc.epochs + 1):
         model.train()
         order = epoch_permutation(len(data.train_labels), cfg.seed, epoch).to(device)
@@ -121,27 +182,37 @@ def train(cfg: Config) -> dict[str, Any]:
         loss_sum = torch.zeros((), device=device)
         started = time.perf_counter()
         for start in range(0, len(shard), per_rank_batch):
+            if global_step == fail_at:
+                raise RuntimeError(f"test fault hook: rank {rank} fails at step {global_step}")
             batch = shard[start : start + per_rank_batch]
             images, labels = data.train_images[batch], data.train_labels[batch]
             with autocast:
                 loss = F.cross_entropy(forward(images).float(), labels)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # DDP averages the gradients across ranks here
             optimizer.step()
             if schedule is not None:
                 schedule.step()
             loss_sum += loss.detach() * len(batch)
-        train_loss = loss_sum.item() / len(shard)  # the epoch's one host sync
+            global_step += 1
+        train_loss = distributed.all_reduce_sum(loss_sum).item() / (shard_len * world_size)
         train_seconds = time.perf_counter() - started
 
-        counts = evaluate(forward, data.test_images, data.test_labels, tc.eval_batch_size)
-        lr = optimizer.param_groups[0]["lr"]
-        records.append(metrics.epoch_record(epoch, train_loss, counts, len(shard), train_seconds, lr))
-        metrics.write_metrics(run_dir, records)
-        print(metrics.format_epoch_line(records[-1], tc.epochs), flush=True)
+        # On the unwrapped module: a DDP forward outside training would prepare a gradient sync.
+        counts = evaluate_across_ranks(model, data.test_images, data.test_labels, tc.eval_batch_size, rank, world_size)
+        if is_main:
+            lr = optimizer.param_groups[0]["lr"]
+            records.append(metrics.epoch_record(epoch, train_loss, counts, shard_len * world_size, train_seconds, lr))
+            metrics.write_metrics(run_dir, records)
+            print(metrics.format_epoch_line(records[-1], tc.epochs), flush=True)
 
+    if os.environ.get(PRINT_HASH_ENV) == "1":
+        print(f"parameter_hash rank={rank} {parameter_hash(model)}", flush=True)
+    if not is_main:
+        return {}
     save_model(run_dir / "model.pt", model, to_dict(cfg), data.in_features)
     summary = metrics.build_summary(records, counts, world_size)
+    summary |= {"backend": backend if world_size > 1 else "none", "per_rank_batch_size": per_rank_batch}
     metrics.write_summary(run_dir, summary)
     print(
         f"final test accuracy {100 * summary['test_accuracy']:.2f}% on {summary['test_examples']} images "
@@ -153,12 +224,27 @@ def train(cfg: Config) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; bad input prints one line and returns 2."""
+    launch = distributed.Launch()
+    clean = False
     try:
+        launch = distributed.read_launch()
         cfg = parse_args(argv, prog="python -m mnist_ddp.train")
-        train(cfg)
+        device = distributed.choose_device(cfg.train.device, launch.local_rank)
+        backend = distributed.choose_backend(cfg.dist.backend, device)
+        distributed.init(launch, backend, device, cfg.dist.timeout_seconds)
+        train(cfg, launch, device, backend)
+        clean = True
     except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
+        # Errors every rank hits alike are printed once, by rank 0.
+        if launch.rank == 0 or getattr(e, "rank_specific", False):
+            prefix = f"[rank {launch.rank}] " if launch.world_size > 1 else ""
+            print(f"error: {prefix}{e}", file=sys.stderr, flush=True)
+        else:
+            # torchrun stops the whole group as soon as one worker exits: give rank 0 time to print.
+            time.sleep(2)
         return 2
+    finally:
+        distributed.shutdown(clean)
     return 0
 
 

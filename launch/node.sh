@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# One node's share of a multi-node job: start torchrun here and meet the other nodes at a
+# shared rendezvous. slurm/train.sbatch runs this once per node through srun; by hand, run it
+# on every node with the same RDZV_ENDPOINT and RDZV_ID.
+#
+#   NNODES       nodes in the job            (default: $SLURM_NNODES, else 1)
+#   NPROC        processes on this node      (default: GPUs on this node, else 2)
+#   RDZV_ENDPOINT host:port of the rendezvous (default: first host of the SLURM job, port 29400)
+#   RDZV_ID      the job's id, the same on every node (default: $SLURM_JOB_ID, else "mnist_ddp")
+#   MAX_RESTARTS times torchrun restarts the workers after a failure (default 0)
+set -euo pipefail
+python=${PYTHON:-python}
+nnodes=${NNODES:-${SLURM_NNODES:-1}}
+if [ -z "${NPROC:-}" ]; then
+    gpus=$("$python" -c 'import torch; print(torch.cuda.device_count())')
+    NPROC=$(( gpus > 0 ? gpus : 2 ))
+fi
+if [ -z "${RDZV_ENDPOINT:-}" ]; then
+    if [ -n "${SLURM_JOB_NODELIST:-}" ]; then
+        head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)
+    else
+        head=127.0.0.1
+    fi
+    RDZV_ENDPOINT="$head:29400"
+fi
+# The c10d rendezvous needs no etcd: the agent on the endpoint's host serves it.
+exec "$python" -m torch.distributed.run \
+    --nnodes="$nnodes" \
+    --nproc_per_node="$NPROC" \
+    --rdzv_backend=c10d \
+    --rdzv_endpoint="$RDZV_ENDPOINT" \
+    --rdzv_id="${RDZV_ID:-${SLURM_JOB_ID:-mnist_ddp}}" \
+    --max_restarts="${MAX_RESTARTS:-0}" \
+    -m mnist_ddp.train "$@"

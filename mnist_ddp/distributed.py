@@ -1,0 +1,143 @@
+"""Process-group life cycle: who launched us, which device and backend, set-up, agreement, teardown.
+
+World size 1 (no launcher) means no process group at all: every helper here is then a no-op,
+so the training loop runs the same code on one process and on many.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from mnist_ddp.errors import InputError
+
+
+@dataclass(frozen=True)
+class Launch:
+    """This process's place in the job, as its launcher described it."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    launcher: str = "none"  # torchrun | slurm | none
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+
+
+class PeerFailed(InputError):
+    """Another rank failed; it printed the reason, this rank only stops."""
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list: 'gpu[03-05,9],cpu1' -> 'gpu03'."""
+    match = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?([^,]*)", nodelist.strip())
+    if not match:
+        raise InputError(f"cannot read a host from SLURM_JOB_NODELIST={nodelist!r}; set MASTER_ADDR")
+    prefix, ranges, suffix = match.groups()
+    first = re.split(r"[,-]", ranges)[0] if ranges else ""
+    return prefix + first + suffix
+
+
+def read_launch(env: Mapping[str, str] = os.environ) -> Launch:
+    """Rank and rendezvous address from torchrun's variables, else a bare ``srun``'s, else world size 1."""
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return Launch(
+            rank=int(env["RANK"]),
+            local_rank=int(env.get("LOCAL_RANK", "0")),
+            world_size=int(env["WORLD_SIZE"]),
+            launcher="torchrun",
+            master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
+            master_port=int(env.get("MASTER_PORT", "29500")),
+        )
+    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
+        # srun starts every task itself: derive one address and port that all tasks agree on.
+        job_id = int(env.get("SLURM_JOB_ID", "0"))
+        return Launch(
+            rank=int(env["SLURM_PROCID"]),
+            local_rank=int(env.get("SLURM_LOCALID", "0")),
+            world_size=int(env["SLURM_NTASKS"]),
+            launcher="slurm",
+            master_addr=env.get("MASTER_ADDR") or first_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1")),
+            master_port=int(env.get("MASTER_PORT") or 20000 + job_id % 20000),
+        )
+    return Launch()
+
+
+def choose_device(requested: str, local_rank: int) -> torch.device:
+    """CUDA device ``local_rank`` when CUDA is there (or asked for), else the CPU."""
+    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise InputError("train.device=cuda but no CUDA device is available; use train.device=auto or cpu")
+    count = torch.cuda.device_count()
+    if local_rank >= count:
+        raise InputError(
+            f"local rank {local_rank} has no GPU (this node has {count}); start at most {count} processes per node"
+        )
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
+
+
+def choose_backend(requested: str, device: torch.device) -> str:
+    """NCCL for CUDA ranks and gloo for CPU ranks, unless dist.backend says otherwise."""
+    if requested == "auto":
+        return "nccl" if device.type == "cuda" else "gloo"
+    if requested == "nccl" and device.type != "cuda":
+        raise InputError("dist.backend=nccl needs CUDA ranks; use dist.backend=gloo (or auto) on CPU")
+    return requested
+
+
+def init(launch: Launch, backend: str, device: torch.device, timeout_seconds: float) -> None:
+    """Join the process group (nothing to do for world size 1)."""
+    if launch.world_size == 1:
+        return
+    os.environ.setdefault("MASTER_ADDR", launch.master_addr)
+    os.environ.setdefault("MASTER_PORT", str(launch.master_port))
+    dist.init_process_group(
+        backend=backend,
+        init_method="env://",
+        rank=launch.rank,
+        world_size=launch.world_size,
+        timeout=timedelta(seconds=timeout_seconds),
+        device_id=device if device.type == "cuda" else None,
+    )
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over all ranks in place (unchanged for world size 1)."""
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def raise_unless_all_ok(error: InputError | None, device: torch.device) -> None:
+    """Every rank calls this after a step that may fail on some ranks only (a download, a file read).
+
+    All ranks learn whether any failed, so none goes on to wait in a collective that a
+    failed peer will never reach. The failed rank re-raises its own error; the others raise
+    PeerFailed.
+    """
+    failed = torch.tensor([0.0 if error is None else 1.0], device=device)
+    all_reduce_sum(failed)
+    count = int(failed.item())
+    if error is not None:
+        # When every rank failed alike, rank 0 alone reports it; otherwise each failed rank does.
+        error.rank_specific = count < (dist.get_world_size() if dist.is_initialized() else 1)  # type: ignore[attr-defined]
+        raise error
+    if count:
+        raise PeerFailed(f"{count} other rank(s) failed; their errors are printed above")
+
+
+def shutdown(clean: bool) -> None:
+    """Leave the process group. After a clean run, wait for every rank first, so none exits early."""
+    if not dist.is_initialized():
+        return
+    if clean:
+        dist.barrier()
+    dist.destroy_process_group()

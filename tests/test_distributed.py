@@ -1,0 +1,234 @@
+"""Distributed training: launcher environments, and real multi-process runs on gloo."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from conftest import CONFIGS, REPO
+from mnist_files import write_fake_mnist
+
+from mnist_ddp import distributed
+from mnist_ddp.data import epoch_permutation, shard_indices
+from mnist_ddp.errors import InputError
+from mnist_ddp.evaluation import evaluate_across_ranks
+from mnist_ddp.model import MLP
+from mnist_ddp.train import FAIL_AT_ENV, PRINT_HASH_ENV, per_rank_batch_size
+
+SMOKE = str(CONFIGS / "smoke.yaml")
+
+
+def test_torchrun_environment():
+    env = {"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4", "MASTER_ADDR": "n1", "MASTER_PORT": "1234"}
+    assert distributed.read_launch(env) == distributed.Launch(3, 1, 4, "torchrun", "n1", 1234)
+
+
+def test_bare_srun_environment():
+    env = {
+        "SLURM_PROCID": "5",
+        "SLURM_LOCALID": "1",
+        "SLURM_NTASKS": "8",
+        "SLURM_JOB_ID": "123456",
+        "SLURM_JOB_NODELIST": "gpu[07-10],cpu1",
+    }
+    launch = distributed.read_launch(env)
+    assert launch == distributed.Launch(5, 1, 8, "slurm", "gpu07", 20000 + 123456 % 20000)
+    # torchrun inside an allocation wins over SLURM's variables.
+    assert distributed.read_launch({**env, "RANK": "0", "WORLD_SIZE": "2"}).launcher == "torchrun"
+
+
+def test_no_launcher_and_single_task_slurm_are_world_size_1():
+    assert distributed.read_launch({}) == distributed.Launch()
+    assert distributed.read_launch({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}).world_size == 1
+
+
+@pytest.mark.parametrize(
+    "nodelist, host",
+    [("node1", "node1"), ("gpu[03-05,9]", "gpu03"), ("a[1,2],b3", "a1"), ("n[001-004]-ib", "n001-ib"), ("x,y", "x")],
+)
+def test_first_host(nodelist, host):
+    assert distributed.first_host(nodelist) == host
+
+
+def test_backend_follows_the_device():
+    assert distributed.choose_backend("auto", torch.device("cpu")) == "gloo"
+    assert distributed.choose_backend("auto", torch.device("cuda", 0)) == "nccl"
+    with pytest.raises(InputError, match=r"dist\.backend=nccl needs CUDA ranks"):
+        distributed.choose_backend("nccl", torch.device("cpu"))
+
+
+def test_global_batch_must_split_evenly():
+    assert per_rank_batch_size(512, 2) == 256
+    with pytest.raises(InputError, match=r"train\.batch_size=512 does not split evenly across 3 ranks"):
+        per_rank_batch_size(512, 3)
+
+
+def test_epoch_shards_are_disjoint_cover_and_reshuffle():
+    n, world = 1000, 4
+    for epoch in (1, 2):
+        order = epoch_permutation(n, seed=7, epoch=epoch)
+        shards = [shard_indices(order, r, world) for r in range(world)]
+        joined = torch.cat(shards)
+        assert len(joined) == n and len(set(joined.tolist())) == n
+    assert not torch.equal(epoch_permutation(n, 7, 1), epoch_permutation(n, 7, 2))
+    assert torch.equal(epoch_permutation(n, 7, 1), epoch_permutation(n, 7, 1))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def score_on_ranks(rank: int, world_size: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    torch.manual_seed(0)
+    model = MLP(64, [32], dropout=0.5)  # the same weights on every rank and for every world size
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (101, 64), dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, 10, (101,), generator=generator)
+    counts = evaluate_across_ranks(model, images, labels, 16, rank, world_size)
+    if rank == 0:
+        Path(out).write_text(json.dumps(counts.__dict__))
+    dist.destroy_process_group()
+
+
+def test_evaluation_counts_every_test_image_once_for_any_world_size(tmp_path):
+    results = []
+    for world_size in (1, 2, 3):  # 101 images: divisible by neither 2 nor 3
+        out = tmp_path / f"w{world_size}.json"
+        mp.spawn(score_on_ranks, args=(world_size, free_port(), str(out)), nprocs=world_size)
+        results.append(json.loads(out.read_text()))
+    assert [r["examples"] for r in results] == [101, 101, 101]
+    assert results[0]["correct"] == results[1]["correct"] == results[2]["correct"]
+    assert results[0]["per_class_total"] == results[2]["per_class_total"]
+    assert results[0]["loss_sum"] == pytest.approx(results[2]["loss_sum"], rel=1e-6)  # float32 sums in another order
+
+
+def run(cmd: list[str], cwd: Path, env: dict | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHON": sys.executable, **(env or {})}
+    return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def torchrun(nproc: int, *args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+
+
+def hashes(output: str) -> dict[str, str]:
+    rows = [line.split() for line in output.splitlines() if line.startswith("parameter_hash ")]
+    return {rank: digest for _, rank, digest in rows}
+
+
+def test_two_ranks_through_launch_script_train_one_model(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run(
+        [str(REPO / "launch" / "local.sh"), "--config", SMOKE, "train.epochs=3", f"run.dir={run_dir}"],
+        cwd=tmp_path,
+        env={"NPROC": "2", PRINT_HASH_ENV: "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = hashes(result.stdout)
+    assert set(found) == {"rank=0", "rank=1"} and len(set(found.values())) == 1
+    # Rank 0 alone prints epoch lines and writes; the other rank leaves nothing behind.
+    assert sum(line.startswith("epoch ") for line in result.stdout.splitlines()) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml", "metrics.jsonl", "model.pt", "summary.json"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["world_size"], summary["backend"], summary["per_rank_batch_size"]) == (2, "gloo", 32)
+    assert summary["test_examples"] == 360
+    assert summary["test_accuracy"] > 0.8
+
+
+def test_two_ranks_match_one_process(tmp_path):
+    # Without dropout, 2 ranks x 32 images per step must follow 1 rank x 64 images step for step.
+    write_fake_mnist(tmp_path / "mnist", n_train=640, n_test=50)
+    args = [
+        f"data.root={tmp_path / 'mnist'}",
+        "data.download=false",
+        "model.dropout=0",
+        "model.hidden=[64,32]",
+        "train.optimizer=sgd",
+        "train.lr=0.05",
+        "train.momentum=0.9",
+        "train.batch_size=64",
+        "train.epochs=2",
+    ]
+    one = run([sys.executable, "-m", "mnist_ddp.train", *args, f"run.dir={tmp_path / 'one'}"], cwd=tmp_path)
+    two = run(torchrun(2, "-m", "mnist_ddp.train", *args, f"run.dir={tmp_path / 'two'}"), cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = torch.load(tmp_path / "one" / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "two" / "model.pt", weights_only=True)["state_dict"]
+    diff = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert diff <= 1e-5, diff
+
+
+def test_three_ranks_score_an_indivisible_test_set_exactly(tmp_path):
+    write_fake_mnist(tmp_path / "mnist", n_train=300, n_test=101)
+    result = run(
+        torchrun(
+            3,
+            "-m",
+            "mnist_ddp.train",
+            f"data.root={tmp_path / 'mnist'}",
+            "train.batch_size=63",
+            "train.epochs=1",
+            f"run.dir={tmp_path / 'run'}",
+        ),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["test_examples"] == 101 and summary["world_size"] == 3 and summary["per_rank_batch_size"] == 21
+
+
+def test_two_nodes_on_one_machine(tmp_path):
+    port = free_port()
+    env = {"NNODES": "2", "NPROC": "1", "RDZV_ENDPOINT": f"127.0.0.1:{port}", "RDZV_ID": "pytest-two-nodes"}
+    cmd = [str(REPO / "launch" / "node.sh"), "--config", SMOKE, "train.epochs=2", f"run.dir={tmp_path / 'run'}"]
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHON": sys.executable, **env}
+    agents = [
+        subprocess.Popen(cmd, cwd=tmp_path, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
+    outputs = [a.communicate(timeout=180)[0] for a in agents]
+    assert [a.returncode for a in agents] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["test_examples"] == 360
+
+
+def test_a_failing_rank_stops_the_whole_job_instead_of_hanging(tmp_path):
+    started = time.monotonic()
+    result = run(
+        torchrun(2, "-m", "mnist_ddp.train", "--config", SMOKE, "dist.timeout_seconds=60", f"run.dir={tmp_path / 'r'}"),
+        cwd=tmp_path,
+        env={FAIL_AT_ENV: "1:5"},
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert time.monotonic() - started < 60
+    assert "test fault hook: rank 1 fails at step 5" in result.stdout + result.stderr
+    assert not (tmp_path / "r" / "summary.json").exists()
+
+
+def test_more_ranks_than_training_images_is_a_clear_error(tmp_path):
+    write_fake_mnist(tmp_path / "mnist", n_train=1, n_test=4)
+    result = run(
+        torchrun(2, "-m", "mnist_ddp.train", f"data.root={tmp_path / 'mnist'}", "train.batch_size=2"), cwd=tmp_path
+    )
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: [rank 0] 1 training images cannot be shared by 2 ranks; start fewer processes or use a larger dataset"
+    ]
+    assert not (tmp_path / "runs").exists()
