@@ -7,9 +7,14 @@
 #   NPROC        processes on this node      (default: GPUs on this node, else 2)
 #   RDZV_ENDPOINT host:port of the rendezvous (default: first host of the SLURM job, port 29400)
 #   RDZV_ID      the job's id, the same on every node (default: $SLURM_JOB_ID, else "mnist_ddp")
-#   MAX_RESTARTS times torchrun restarts the workers after a failure (default 0)
+#   MAX_RESTARTS times torchrun restarts the workers after a failure (default 3); they resume
+#                from the newest snapshot in run.dir
 set -euo pipefail
 python=${PYTHON:-python}
+# torchrun's agent forwards these signals to the workers, which save a snapshot and exit 75.
+# SIGUSR1 is not among torchrun's defaults, and left unhandled it kills the agent outright
+# (PET_SIGNALS_TO_HANDLE is torchrun's --signals-to-handle; torch releases without it ignore it).
+export PET_SIGNALS_TO_HANDLE=${PET_SIGNALS_TO_HANDLE:-SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1}
 nnodes=${NNODES:-${SLURM_NNODES:-1}}
 if [ -z "${NPROC:-}" ]; then
     gpus=$("$python" -c 'import torch; print(torch.cuda.device_count())')
@@ -30,5 +35,5 @@ exec "$python" -m torch.distributed.run \
     --rdzv_backend=c10d \
     --rdzv_endpoint="$RDZV_ENDPOINT" \
     --rdzv_id="${RDZV_ID:-${SLURM_JOB_ID:-mnist_ddp}}" \
-    --max_restarts="${MAX_RESTARTS:-0}" \
+    --max-restarts="${MAX_RESTARTS:-3}" \
     -m mnist_ddp.train "$@"

@@ -82,17 +82,27 @@ class DistConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    every_steps: int = doc("snapshot every N global steps, besides every epoch end; 0: epoch ends only", 500)
+    keep: int = doc("snapshots kept in run.dir/checkpoints (oldest deleted first)", 3)
+    check_every_steps: int = doc("steps between the ranks' agreement on stop signals and NaN/inf", 10)
+    requeue: bool = doc("on a preemption signal under SLURM, rank 0 runs 'scontrol requeue $SLURM_JOB_ID'", True)
+
+
+@dataclass
 class RunConfig:
-    dir: str = doc("output folder; empty: runs/<timestamp>", "")
+    dir: str = doc("output folder; empty: runs/<timestamp>, or runs/<torchrun run id> under torchrun", "")
 
 
 @dataclass
 class Config:
     seed: int = doc("seed for initialisation, shuffling, dropout and the seed split", 0)
+    resume: str = doc("auto (newest readable snapshot in run.dir, if any) | none | PATH of a snapshot", "auto")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     dist: DistConfig = field(default_factory=DistConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
 
@@ -211,6 +221,15 @@ def validate(cfg: Config) -> None:
         (all(w >= 1 for w in m.hidden), "model.hidden", list(m.hidden), "widths of at least 1"),
         (d.seed_train_size >= 1, "data.seed_train_size", d.seed_train_size, "at least 1"),
         (d.seed_test_size >= 1, "data.seed_test_size", d.seed_test_size, "at least 1"),
+        (cfg.checkpoint.every_steps >= 0, "checkpoint.every_steps", cfg.checkpoint.every_steps, "at least 0"),
+        (cfg.checkpoint.keep >= 1, "checkpoint.keep", cfg.checkpoint.keep, "at least 1"),
+        (
+            cfg.checkpoint.check_every_steps >= 1,
+            "checkpoint.check_every_steps",
+            cfg.checkpoint.check_every_steps,
+            "at least 1",
+        ),
+        (cfg.resume != "", "resume", cfg.resume, "auto, none or the path of a snapshot"),
         (cfg.dist.timeout_seconds > 0, "dist.timeout_seconds", cfg.dist.timeout_seconds, "greater than 0"),
         (d.download_timeout_seconds > 0, "data.download_timeout_seconds", d.download_timeout_seconds, "greater than 0"),
     ]

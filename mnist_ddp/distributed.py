@@ -97,14 +97,26 @@ def init(launch: Launch, backend: str, device: torch.device, timeout_seconds: fl
     """Join the process group (nothing to do for world size 1)."""
     if launch.world_size == 1:
         return
-    os.environ.setdefault("MASTER_ADDR", launch.master_addr)
-    os.environ.setdefault("MASTER_PORT", str(launch.master_port))
+    timeout = timedelta(seconds=timeout_seconds)
+    # Under torchrun the agent hosts the store; otherwise (srun) rank 0 does.
+    agent_hosts_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(
+        launch.master_addr,
+        launch.master_port,
+        launch.world_size,
+        is_master=launch.rank == 0 and not agent_hosts_store,
+        timeout=timeout,
+        wait_for_workers=False,
+    )
+    # After an elastic restart the store can still hold the dead workers' addresses, and gloo
+    # would dial them ("Connection refused"); a key prefix per attempt keeps each attempt apart.
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     dist.init_process_group(
         backend=backend,
-        init_method="env://",
+        store=dist.PrefixStore(f"mnist_ddp/attempt_{attempt}", store),
         rank=launch.rank,
         world_size=launch.world_size,
-        timeout=timedelta(seconds=timeout_seconds),
+        timeout=timeout,
         device_id=device if device.type == "cuda" else None,
     )
 
@@ -114,6 +126,37 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def barrier() -> None:
+    """Wait for every rank (nothing to wait for with world size 1)."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """Elementwise maximum of ``tensor`` over all ranks, in place (unchanged for world size 1)."""
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
+def broadcast_from_rank0(obj: object) -> object:
+    """Rank 0's ``obj`` on every rank (for the resume state, which rank 0 alone reads from disk)."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_gather_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """Every rank's ``tensor`` (same shape on all), in rank order; everyone gets the list."""
+    if not dist.is_initialized():
+        return [tensor]
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor)
+    return parts
 
 
 def raise_unless_all_ok(error: InputError | None, device: torch.device) -> None:

@@ -16,14 +16,14 @@ import time
 from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from mnist_ddp import distributed, metrics
+from mnist_ddp import checkpoint, distributed, fault_injection, guard, metrics
 from mnist_ddp.atomic import atomic_write_text
 from mnist_ddp.checkpoint import save_model
 from mnist_ddp.config import Config, TrainConfig, parse_args, to_dict, to_yaml
@@ -32,9 +32,11 @@ from mnist_ddp.errors import InputError
 from mnist_ddp.evaluation import evaluate_across_ranks
 from mnist_ddp.model import MLP, parameter_count, parameter_hash
 
-# Test-only hooks, read from the environment so that no user-facing key exists for them.
-FAIL_AT_ENV = "MNIST_DDP_TEST_FAIL_AT"  # "RANK:STEP": that rank raises at that global step
-PRINT_HASH_ENV = "MNIST_DDP_TEST_PRINT_HASH"  # "1": every rank prints its final parameter hash
+
+def say(line: str, stream: TextIO = sys.stdout) -> None:
+    """Write one whole line in one call, so lines from several ranks on one pipe do not interleave."""
+    stream.write(line + "\n")
+    stream.flush()
 
 
 def build_optimizer(params: Any, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -78,10 +80,17 @@ def check_fits_ranks(data: Splits, world_size: int) -> None:
         )
 
 
-def create_run_dir(cfg: Config) -> Path:
-    """The output folder: run.dir, or a new runs/<timestamp> folder."""
+def choose_run_dir(cfg: Config) -> Path:
+    """The output folder: run.dir, else runs/<torchrun run id>, else a new runs/<timestamp> folder.
+
+    Under torchrun the run id stays the same across elastic restarts, so restarted workers find
+    their own snapshots. Nothing is created here.
+    """
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
     if cfg.run.dir:
-        run_dir = Path(cfg.run.dir)
+        return Path(cfg.run.dir)
+    if run_id and run_id != "none":
+        run_dir = Path("runs") / run_id
     else:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = Path("runs") / stamp
@@ -89,12 +98,16 @@ def create_run_dir(cfg: Config) -> Path:
         while run_dir.exists():
             run_dir = Path("runs") / f"{stamp}-{suffix}"
             suffix += 1
-        cfg.run.dir = str(run_dir)
+    cfg.run.dir = str(run_dir)
+    return run_dir
+
+
+def create_run_dir(run_dir: Path) -> None:
+    """Create the output folder, or explain why it cannot be."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InputError(f"cannot create run.dir={run_dir} ({e.strerror}); choose a writable folder") from None
-    return run_dir
 
 
 def seed_everything(seed: int) -> None:
@@ -124,23 +137,43 @@ def load_data_everywhere(cfg: Config, launch: distributed.Launch, device: torch.
     return data.to(device)
 
 
-def fault_step(rank: int) -> int | None:
-    """The global step at which the test hook makes this rank fail, if any."""
-    spec = os.environ.get(FAIL_AT_ENV)
-    if not spec:
-        return None
-    fail_rank, step = (int(v) for v in spec.split(":"))
-    return step if fail_rank == rank else None
+def resume_state(cfg: Config, run_dir: Path | None, in_features: int, device: torch.device) -> dict | None:
+    """Rank 0 finds and checks the snapshot to continue from; every rank gets a copy."""
+    state, error = None, None
+    if run_dir is not None:
+        try:
+            found = checkpoint.find_snapshot(cfg.resume, run_dir)
+            if found:
+                path, state = found
+                checkpoint.check_compatible(state, to_dict(cfg), in_features, path)
+                state["path"] = str(path)
+        except InputError as e:
+            error = e
+    distributed.raise_unless_all_ok(error, device)
+    return distributed.broadcast_from_rank0(state)  # type: ignore[return-value]
+
+
+def restore_rng(state: dict, launch: distributed.Launch, seed: int, device: torch.device) -> None:
+    """Continue each rank's random stream (dropout) where the snapshot left it."""
+    checkpoint.set_host_rng_state(state["host_rng"])
+    if state["world_size"] == launch.world_size:
+        checkpoint.set_device_rng_state(state["rng"][launch.rank], device)
+    else:
+        # Another world size: the order of the data continues exactly, the dropout masks cannot.
+        torch.manual_seed(seed + launch.rank + 1_000_003 * state["global_step"])
+        if launch.rank == 0:
+            print(f"warning: snapshot saved with {state['world_size']} ranks, resuming with {launch.world_size}")
 
 
 def train(cfg: Config, launch: distributed.Launch, device: torch.device, backend: str) -> dict[str, Any]:
     """Run the whole job described by ``cfg`` on this rank; rank 0 returns the summary."""
-    tc, rank, world_size = cfg.train, launch.rank, launch.world_size
+    tc, ck, rank, world_size = cfg.train, cfg.checkpoint, launch.rank, launch.world_size
     is_main = rank == 0
     per_rank_batch = per_rank_batch_size(tc.batch_size, world_size)
     if tc.threads:
         torch.set_num_threads(tc.threads)
     seed_everything(cfg.seed)
+    guard.install_signal_handlers()
 
     data = load_data_everywhere(cfg, launch, device)
     model = MLP(data.in_features, list(cfg.model.hidden), cfg.model.dropout).to(device)
@@ -158,11 +191,27 @@ def train(cfg: Config, launch: distributed.Launch, device: torch.device, backend
     optimizer = build_optimizer(model.parameters(), tc, device)
     schedule = build_schedule(optimizer, tc, tc.epochs * steps_per_epoch)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if tc.bf16 else nullcontext()
-    fail_at = fault_step(rank)
+    fault = fault_injection.planned_fault(rank)
 
-    run_dir = None
+    run_dir = choose_run_dir(cfg) if is_main else None
+    resumed = resume_state(cfg, run_dir, data.in_features, device)
+    epoch, skip_steps, global_step, records, loss_carry = 1, 0, 0, [], 0.0
+    if resumed:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        if schedule is not None:
+            schedule.load_state_dict(resumed["schedule"])
+        restore_rng(resumed, launch, cfg.seed, device)
+        epoch, skip_steps, global_step = resumed["epoch"], resumed["step_in_epoch"], resumed["global_step"]
+        records, loss_carry = resumed["records"], resumed["epoch_loss_sum"] if is_main else 0.0
+    error = None
     if is_main:
-        run_dir = create_run_dir(cfg)
+        try:
+            create_run_dir(run_dir)
+        except InputError as e:
+            error = e
+    distributed.raise_unless_all_ok(error, device)
+    if is_main:
         atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
         widths = "-".join(map(str, [data.in_features, *cfg.model.hidden, 10]))
         print(
@@ -172,29 +221,83 @@ def train(cfg: Config, launch: distributed.Launch, device: torch.device, backend
             f" outputs in {run_dir}",
             flush=True,
         )
+        if resumed:
+            print(f"resuming from {resumed['path']}: epoch {epoch}, step {skip_steps} (global step {global_step})")
 
-    records: list[dict[str, Any]] = []
-    global_step = 0
-    for epoch in range(1, tc.epochs + 1):
+    def snapshot(epoch: int, step_in_epoch: int, loss_sum: torch.Tensor) -> Path | None:
+        """Every rank calls this (it gathers RNG states and the loss); rank 0 writes the file."""
+        rng = distributed.all_gather_tensors(checkpoint.device_rng_state(device).to(device))
+        epoch_loss_sum = distributed.all_reduce_sum(loss_sum.clone()).item()
+        path = None
+        if is_main:
+            state = {
+                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict() if schedule is not None else None,
+                "epoch": epoch,
+                "step_in_epoch": step_in_epoch,
+                "global_step": global_step,
+                "epoch_loss_sum": epoch_loss_sum,
+                "records": records,
+                "rng": [r.cpu() for r in rng],
+                "host_rng": checkpoint.host_rng_state(),
+                "world_size": world_size,
+                "in_features": data.in_features,
+                "config": to_dict(cfg),
+                "wandb_run_id": None,
+            }
+            path = checkpoint.save_snapshot(run_dir, state, ck.keep)
+        distributed.barrier()
+        return path
+
+    def check(epoch: int, step_in_epoch: int, loss_sum: torch.Tensor, snapshot_due: bool) -> None:
+        """The ranks agree on NaN/inf and stop requests, then snapshot and stop as agreed."""
+        decision = guard.agree(first_bad, model, global_step)
+        if decision.first_bad_step is not None:
+            raise guard.Diverged(
+                f"non-finite loss or weights at step {decision.first_bad_step} (epoch {epoch}); stopped without"
+                f" writing a snapshot, the last good one stays in {checkpoint.snapshot_dir(Path(cfg.run.dir))};"
+                f" lower train.lr (now {tc.lr}) or turn off train.bf16"
+            )
+        if not (snapshot_due or decision.stop):
+            return
+        path = snapshot(epoch, step_in_epoch, loss_sum)
+        if decision.stop:
+            if world_size > 1:
+                say(f"rank {rank}: stopping at global step {global_step}", sys.stderr)
+            if is_main:
+                guard.requeue_if_slurm(ck.requeue)
+            raise guard.Preempted(
+                f"stop signal received: snapshot {path} at global step {global_step};"
+                " run the same command again to resume"
+            )
+
+    first_bad = torch.full((), guard.NO_BAD_STEP, dtype=torch.int64, device=device)
+    counts = None
+    while epoch <= tc.epochs:
         model.train()
         order = epoch_permutation(len(data.train_labels), cfg.seed, epoch).to(device)
         shard = shard_indices(order, rank, world_size)
-        loss_sum = torch.zeros((), device=device)
+        loss_sum = torch.full((), loss_carry, device=device)
         started = time.perf_counter()
-        for start in range(0, len(shard), per_rank_batch):
-            if global_step == fail_at:
-                raise RuntimeError(f"test fault hook: rank {rank} fails at step {global_step}")
-            batch = shard[start : start + per_rank_batch]
+        for step_in_epoch in range(skip_steps + 1, steps_per_epoch + 1):
+            batch = shard[(step_in_epoch - 1) * per_rank_batch : step_in_epoch * per_rank_batch]
             images, labels = data.train_images[batch], data.train_labels[batch]
             with autocast:
                 loss = F.cross_entropy(forward(images).float(), labels)
+            loss = fault_injection.inject(fault, global_step, loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # DDP averages the gradients across ranks here
             optimizer.step()
             if schedule is not None:
                 schedule.step()
             loss_sum += loss.detach() * len(batch)
+            first_bad = guard.track_loss(first_bad, loss.detach(), global_step)
             global_step += 1
+            snapshot_due = ck.every_steps > 0 and global_step % ck.every_steps == 0
+            if snapshot_due or global_step % ck.check_every_steps == 0:
+                check(epoch, step_in_epoch, loss_sum, snapshot_due)
+        trained = (steps_per_epoch - skip_steps) * per_rank_batch * world_size
         train_loss = distributed.all_reduce_sum(loss_sum).item() / (shard_len * world_size)
         train_seconds = time.perf_counter() - started
 
@@ -202,12 +305,16 @@ def train(cfg: Config, launch: distributed.Launch, device: torch.device, backend
         counts = evaluate_across_ranks(model, data.test_images, data.test_labels, tc.eval_batch_size, rank, world_size)
         if is_main:
             lr = optimizer.param_groups[0]["lr"]
-            records.append(metrics.epoch_record(epoch, train_loss, counts, shard_len * world_size, train_seconds, lr))
+            records.append(metrics.epoch_record(epoch, train_loss, counts, trained, train_seconds, lr))
             metrics.write_metrics(run_dir, records)
             print(metrics.format_epoch_line(records[-1], tc.epochs), flush=True)
+        epoch, skip_steps, loss_carry = epoch + 1, 0, 0.0
+        check(epoch, 0, torch.zeros((), device=device), snapshot_due=True)
 
-    if os.environ.get(PRINT_HASH_ENV) == "1":
-        print(f"parameter_hash rank={rank} {parameter_hash(model)}", flush=True)
+    if counts is None:  # resumed from a snapshot taken after the last epoch
+        counts = evaluate_across_ranks(model, data.test_images, data.test_labels, tc.eval_batch_size, rank, world_size)
+    if fault_injection.print_hash_requested():
+        say(f"parameter_hash rank={rank} {parameter_hash(model)}")
     if not is_main:
         return {}
     save_model(run_dir / "model.pt", model, to_dict(cfg), data.in_features)
@@ -238,11 +345,12 @@ def main(argv: list[str] | None = None) -> int:
         # Errors every rank hits alike are printed once, by rank 0.
         if launch.rank == 0 or getattr(e, "rank_specific", False):
             prefix = f"[rank {launch.rank}] " if launch.world_size > 1 else ""
-            print(f"error: {prefix}{e}", file=sys.stderr, flush=True)
+            label = "preempted" if isinstance(e, guard.Preempted) else "error"
+            say(f"{label}: {prefix}{e}", sys.stderr)
         else:
             # torchrun stops the whole group as soon as one worker exits: give rank 0 time to print.
             time.sleep(2)
-        return 2
+        return e.exit_code
     finally:
         distributed.shutdown(clean)
     return 0

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import random
+
+import numpy as np
+import pytest
 import torch
 
+from mnist_ddp import checkpoint
 from mnist_ddp.checkpoint import save_model
 from mnist_ddp.config import load_config, to_dict
+from mnist_ddp.errors import InputError
 from mnist_ddp.model import MLP
 
 
@@ -22,3 +28,88 @@ def test_model_file_loads_weights_only_and_restores_the_model(tmp_path):
     model.eval(), restored.eval()
     assert torch.equal(model(x), restored(x))
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def snapshot_state(step: int, hidden=(8,)) -> dict:
+    cfg = load_config(overrides=[f"model.hidden=[{','.join(map(str, hidden))}]"])
+    return {
+        "model": MLP(16, list(hidden), 0.0).state_dict(),
+        "global_step": step,
+        "config": to_dict(cfg),
+        "in_features": 16,
+        "host_rng": checkpoint.host_rng_state(),
+    }
+
+
+def test_host_rng_round_trips_without_pickles(tmp_path):
+    random.seed(3), np.random.seed(3)
+    state = checkpoint.host_rng_state()
+    torch.save(state, tmp_path / "rng.pt")
+    expected = (random.random(), np.random.rand())
+    checkpoint.set_host_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert (random.random(), np.random.rand()) == expected
+
+
+def test_device_rng_round_trips():
+    torch.manual_seed(5)
+    state = checkpoint.device_rng_state(torch.device("cpu"))
+    expected = torch.rand(3)
+    checkpoint.set_device_rng_state(state, torch.device("cpu"))
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_snapshots_keep_the_newest_and_point_latest_at_the_last(tmp_path):
+    for step in (10, 20, 30, 40):
+        checkpoint.save_snapshot(tmp_path, snapshot_state(step), keep=2)
+    folder = checkpoint.snapshot_dir(tmp_path)
+    assert sorted(p.name for p in folder.iterdir()) == ["latest", "step_0000030.pt", "step_0000040.pt"]
+    assert (folder / "latest").read_text().strip() == "step_0000040.pt"
+    assert torch.load(folder / "step_0000040.pt", weights_only=True)["global_step"] == 40
+
+
+def test_auto_resume_skips_a_corrupt_newest_snapshot(tmp_path):
+    for step in (10, 20):
+        checkpoint.save_snapshot(tmp_path, snapshot_state(step), keep=5)
+    newest = checkpoint.snapshot_dir(tmp_path) / "step_0000020.pt"
+    newest.write_bytes(newest.read_bytes()[:500])
+    logged = []
+    path, state = checkpoint.find_snapshot("auto", tmp_path, log=logged.append)
+    assert path.name == "step_0000010.pt" and state["global_step"] == 10
+    assert len(logged) == 1 and "step_0000020.pt: unreadable, truncated or corrupt" in logged[0]
+
+
+def test_auto_resume_with_no_readable_snapshot_is_an_error(tmp_path):
+    assert checkpoint.find_snapshot("auto", tmp_path) is None
+    checkpoint.save_snapshot(tmp_path, snapshot_state(10), keep=5)
+    only = checkpoint.snapshot_dir(tmp_path) / "step_0000010.pt"
+    only.write_bytes(b"garbage")
+    with pytest.raises(InputError, match=r"no readable snapshot in .*; resume=none starts over"):
+        checkpoint.find_snapshot("auto", tmp_path, log=lambda _: None)
+    assert checkpoint.find_snapshot("none", tmp_path) is None
+    with pytest.raises(InputError, match=r"resume=.*nope\.pt: no such file"):
+        checkpoint.find_snapshot(str(tmp_path / "nope.pt"), tmp_path)
+
+
+class Payload:
+    """Anything that needs unpickling code."""
+
+
+def test_a_snapshot_holding_a_pickled_object_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": checkpoint.FORMAT, "extra": Payload()}, path)
+    with pytest.raises(InputError, match="refused, it is not a weights-only checkpoint"):
+        checkpoint.read_snapshot(path)
+    other = tmp_path / "other.pt"
+    torch.save({"state_dict": {}}, other)
+    with pytest.raises(InputError, match="not an mnist_ddp snapshot"):
+        checkpoint.read_snapshot(other)
+
+
+def test_a_snapshot_of_another_model_is_refused(tmp_path):
+    state = snapshot_state(10, hidden=(8,))
+    this_run = to_dict(load_config(overrides=["model.hidden=[16,8]"]))
+    with pytest.raises(InputError) as err:
+        checkpoint.check_compatible(state, this_run, 16, tmp_path / "s.pt")
+    assert "was saved with model.hidden=[8], this run has model.hidden=[16, 8]" in str(err.value)
+    with pytest.raises(InputError, match="a model of 16 inputs, this data has 64"):
+        checkpoint.check_compatible(state, state["config"], 64, tmp_path / "s.pt")

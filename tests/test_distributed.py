@@ -21,10 +21,12 @@ from mnist_ddp import distributed
 from mnist_ddp.data import epoch_permutation, shard_indices
 from mnist_ddp.errors import InputError
 from mnist_ddp.evaluation import evaluate_across_ranks
+from mnist_ddp.fault_injection import FAULT_ENV, PRINT_HASH_ENV
 from mnist_ddp.model import MLP
-from mnist_ddp.train import FAIL_AT_ENV, PRINT_HASH_ENV, per_rank_batch_size
+from mnist_ddp.train import per_rank_batch_size
 
 SMOKE = str(CONFIGS / "smoke.yaml")
+OUTPUTS = ["checkpoints", "config.yaml", "metrics.jsonl", "model.pt", "summary.json"]
 
 
 def test_torchrun_environment():
@@ -142,7 +144,14 @@ def test_two_ranks_through_launch_script_train_one_model(tmp_path):
     # Rank 0 alone prints epoch lines and writes; the other rank leaves nothing behind.
     assert sum(line.startswith("epoch ") for line in result.stdout.splitlines()) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
-    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml", "metrics.jsonl", "model.pt", "summary.json"]
+    assert sorted(p.name for p in run_dir.iterdir()) == OUTPUTS
+    # One snapshot per epoch end (23 steps each), the newest three kept, written by rank 0 alone.
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        "latest",
+        "step_0000023.pt",
+        "step_0000046.pt",
+        "step_0000069.pt",
+    ]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert (summary["world_size"], summary["backend"], summary["per_rank_batch_size"]) == (2, "gloo", 32)
     assert summary["test_examples"] == 360
@@ -212,12 +221,12 @@ def test_a_failing_rank_stops_the_whole_job_instead_of_hanging(tmp_path):
     result = run(
         torchrun(2, "-m", "mnist_ddp.train", "--config", SMOKE, "dist.timeout_seconds=60", f"run.dir={tmp_path / 'r'}"),
         cwd=tmp_path,
-        env={FAIL_AT_ENV: "1:5"},
+        env={FAULT_ENV: "raise:1:5"},
         timeout=120,
     )
     assert result.returncode != 0
     assert time.monotonic() - started < 60
-    assert "test fault hook: rank 1 fails at step 5" in result.stdout + result.stderr
+    assert "test fault: rank fails at step 5" in result.stdout + result.stderr
     assert not (tmp_path / "r" / "summary.json").exists()
 
 

@@ -14,6 +14,7 @@ from mnist_ddp.evaluation import evaluate
 from mnist_ddp.model import MLP
 from mnist_ddp.train import build_optimizer, build_schedule
 
+OUTPUTS = ["checkpoints", "config.yaml", "metrics.jsonl", "model.pt", "summary.json"]
 SUMMARY_KEYS = {
     "test_accuracy",
     "best_test_accuracy",
@@ -70,7 +71,7 @@ def test_smoke_run_learns_digits_and_writes_every_output(tmp_path):
     run_dir = tmp_path / "run"
     result = run_module("mnist_ddp.train", "--config", str(CONFIGS / "smoke.yaml"), f"run.dir={run_dir}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml", "metrics.jsonl", "model.pt", "summary.json"]
+    assert sorted(p.name for p in run_dir.iterdir()) == OUTPUTS
     records, summary = read_run(run_dir)
     assert [r["epoch"] for r in records] == list(range(1, 16))
     assert all(r.keys() >= METRIC_KEYS for r in records)

@@ -1,0 +1,57 @@
+"""Test-only fault injection, driven by environment variables so no user-facing key exists.
+
+MNIST_DDP_TEST_FAULT="KIND:RANK:STEP" makes that rank, at that global step:
+  raise  raise an exception (a crashing worker);
+  kill   SIGKILL itself, on the first attempt only (a killed worker that torchrun restarts);
+  nan    poison the loss with NaN (a diverging run).
+MNIST_DDP_TEST_PRINT_HASH=1 makes every rank print its final parameter hash.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass
+
+import torch
+
+FAULT_ENV = "MNIST_DDP_TEST_FAULT"
+PRINT_HASH_ENV = "MNIST_DDP_TEST_PRINT_HASH"
+KINDS = ("raise", "kill", "nan")
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: str
+    step: int
+
+
+def planned_fault(rank: int) -> Fault | None:
+    """The fault this rank must inject, if the environment asks for one."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return None
+    kind, fault_rank, step = spec.split(":")
+    if kind not in KINDS:
+        raise ValueError(f"{FAULT_ENV}={spec!r}: kind must be one of {KINDS}")
+    if int(fault_rank) != rank:
+        return None
+    if kind == "kill" and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+        return None  # the restarted worker must get through
+    return Fault(kind, int(step))
+
+
+def inject(fault: Fault | None, step: int, loss: torch.Tensor) -> torch.Tensor:
+    """Apply ``fault`` if it is due at ``step``; returns the (possibly poisoned) loss."""
+    if fault is None or fault.step != step:
+        return loss
+    if fault.kind == "raise":
+        raise RuntimeError(f"test fault: rank fails at step {step}")
+    if fault.kind == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return loss * float("nan")
+
+
+def print_hash_requested() -> bool:
+    """Whether every rank should print its final parameter hash."""
+    return os.environ.get(PRINT_HASH_ENV) == "1"

@@ -1,0 +1,93 @@
+"""Stopping together: preemption signals and the non-finite guard, agreed across ranks.
+
+A signal (SIGTERM, SIGUSR1) only sets a flag. At fixed global steps every rank contributes
+its flag and whether it has seen a non-finite loss or weight to one all_reduce, so all ranks
+take the same decision at the same step and nobody waits in a collective alone.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+from dataclasses import dataclass
+from types import FrameType
+
+import torch
+from torch import nn
+
+from mnist_ddp.distributed import all_reduce_max
+from mnist_ddp.errors import InputError
+
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: a snapshot was saved; run the same command again to resume
+EXIT_DIVERGED = 3
+NO_BAD_STEP = 2**62
+
+
+class Preempted(InputError):
+    """A stop was requested; the snapshot is saved. Not an error: the job resumes when rerun."""
+
+    exit_code = EXIT_PREEMPTED
+
+
+class Diverged(InputError):
+    """The loss or the weights became NaN or infinite."""
+
+    exit_code = EXIT_DIVERGED
+
+
+stop_signal: int | None = None
+
+
+def request_stop(signum: int, frame: FrameType | None) -> None:
+    """Signal handler: remember the request; the training loop acts on it at the next check."""
+    global stop_signal
+    stop_signal = signum
+
+
+def install_signal_handlers() -> None:
+    """Route SIGTERM and SIGUSR1 to :func:`request_stop`."""
+    for sig in PREEMPTION_SIGNALS:
+        signal.signal(sig, request_stop)
+
+
+@dataclass
+class Decision:
+    """What every rank agreed on at a check."""
+
+    stop: bool
+    first_bad_step: int | None  # the earliest step any rank saw a non-finite loss or weights
+
+
+def track_loss(first_bad: torch.Tensor, loss: torch.Tensor, step: int) -> torch.Tensor:
+    """Record ``step`` if this loss is the first non-finite one, on the device (no host sync)."""
+    is_new = (~torch.isfinite(loss)) & (first_bad == NO_BAD_STEP)
+    return torch.where(is_new, torch.full_like(first_bad, step), first_bad)
+
+
+def agree(first_bad: torch.Tensor, model: nn.Module, step: int) -> Decision:
+    """Every rank calls this at the same steps; all return the same Decision (one all_reduce)."""
+    weights_ok = torch.isfinite(torch.stack([p.detach().sum() for p in model.parameters()])).all()
+    bad_here = torch.where(weights_ok, first_bad, torch.clamp(first_bad, max=step))
+    stop_here = torch.tensor(float(stop_signal is not None), dtype=torch.float64, device=first_bad.device)
+    # max over ranks of [stop, -first bad step] = [anyone asked to stop, -(earliest bad step)].
+    flags = all_reduce_max(torch.stack([stop_here, -bad_here.double()])).tolist()
+    first_bad_step = int(-flags[1])
+    return Decision(stop=flags[0] > 0, first_bad_step=None if first_bad_step >= NO_BAD_STEP else first_bad_step)
+
+
+def requeue_if_slurm(enabled: bool) -> None:
+    """Under SLURM, put this job back in the queue so it resumes from the snapshot just written."""
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if not (enabled and job_id):
+        return
+    if shutil.which("scontrol") is None:
+        print("warning: checkpoint.requeue=true but scontrol is not on PATH; resubmit the job yourself")
+        return
+    result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
+    if result.returncode != 0:
+        print(f"warning: scontrol requeue {job_id} failed: {result.stderr.strip()}")
+    else:
+        print(f"requeued SLURM job {job_id}", flush=True)

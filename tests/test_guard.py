@@ -1,0 +1,72 @@
+"""The guard: stop requests and the non-finite check, as every rank sees them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+
+import pytest
+import torch
+
+from mnist_ddp import guard
+from mnist_ddp.model import MLP
+
+
+@pytest.fixture(autouse=True)
+def clean_stop_flag():
+    guard.stop_signal = None
+    yield
+    guard.stop_signal = None
+
+
+def test_track_loss_keeps_the_first_non_finite_step():
+    first = torch.tensor(guard.NO_BAD_STEP)
+    first = guard.track_loss(first, torch.tensor(0.5), 0)
+    assert first.item() == guard.NO_BAD_STEP
+    first = guard.track_loss(first, torch.tensor(float("nan")), 4)
+    first = guard.track_loss(first, torch.tensor(float("inf")), 9)
+    assert first.item() == 4
+
+
+def test_agree_on_a_healthy_model_says_go_on():
+    model = MLP(8, [4], 0.0)
+    decision = guard.agree(torch.tensor(guard.NO_BAD_STEP), model, step=10)
+    assert decision == guard.Decision(stop=False, first_bad_step=None)
+
+
+def test_agree_reports_the_bad_step_and_nan_weights():
+    model = MLP(8, [4], 0.0)
+    assert guard.agree(torch.tensor(3), model, step=10).first_bad_step == 3
+    with torch.no_grad():
+        next(model.parameters())[0, 0] = float("inf")
+    assert guard.agree(torch.tensor(guard.NO_BAD_STEP), model, step=10).first_bad_step == 10
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_real_signal_becomes_a_stop_request(sig):
+    previous = {s: signal.getsignal(s) for s in guard.PREEMPTION_SIGNALS}
+    try:
+        guard.install_signal_handlers()
+        os.kill(os.getpid(), sig)
+        assert guard.stop_signal == sig
+        assert guard.agree(torch.tensor(guard.NO_BAD_STEP), MLP(8, [4], 0.0), step=1).stop
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def test_requeue_runs_scontrol_with_the_job_id(tmp_path, monkeypatch, capsys):
+    log = tmp_path / "calls"
+    fake = tmp_path / "scontrol"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    guard.requeue_if_slurm(enabled=True)
+    assert log.read_text() == "requeue 4242\n"
+    guard.requeue_if_slurm(enabled=False)
+    monkeypatch.delenv("SLURM_JOB_ID")
+    guard.requeue_if_slurm(enabled=True)
+    assert log.read_text() == "requeue 4242\n"  # neither call ran scontrol again
+    assert "requeued SLURM job 4242" in capsys.readouterr().out
