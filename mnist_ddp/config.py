@@ -285,5 +285,5 @@ def parse_args(argv: list[str] | None, prog: str) -> Config:
     )
     parser.add_argument("--config", help=f"YAML config file (default: {DEFAULT_CONFIG_FILE.relative_to(REPO_ROOT)})")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=5")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may come before and after --config
     return load_config(args.config, args.overrides)

@@ -6,7 +6,7 @@ import pytest
 from conftest import CONFIGS, run_module
 from omegaconf import OmegaConf
 
-from mnist_ddp.config import Config, all_keys, load_config, to_dict
+from mnist_ddp.config import Config, all_keys, load_config, parse_args, to_dict
 from mnist_ddp.errors import InputError
 
 
@@ -108,3 +108,9 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
     path.write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     again = load_config(path)
     assert to_dict(again) == to_dict(cfg)
+
+
+def test_overrides_may_come_before_and_after_the_config_file():
+    # The launch scripts put run.dir=... first and pass the user's --config FILE after it.
+    cfg = parse_args(["run.dir=/r", "--config", str(CONFIGS / "seed.yaml"), "train.epochs=3"], prog="t")
+    assert (cfg.run.dir, cfg.train.epochs, cfg.train.batch_size) == ("/r", 3, 100)

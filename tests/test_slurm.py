@@ -1,0 +1,145 @@
+"""slurm/train.sbatch on a real one-node SLURM cluster (tests/slurm/cluster.sh), with preemption and requeue."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import CONFIGS, REPO
+
+from mnist_ddp.fault_injection import PRINT_HASH_ENV
+
+CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
+OVERRIDES = ["--config", str(CONFIGS / "smoke.yaml"), "train.epochs=30", "checkpoint.every_steps=20"]
+DONE_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
+
+
+def why_no_slurm() -> str | None:
+    if os.geteuid() != 0:
+        return "the SLURM tests start munged, slurmctld and slurmd, which needs root"
+    missing = [
+        b
+        for b in ("munged", "slurmctld", "slurmd", "sbatch")
+        if shutil.which(b) is None and not Path(f"/usr/sbin/{b}").exists()
+    ]
+    if missing:
+        return f"SLURM is not installed ({', '.join(missing)} missing): run tests/slurm/cluster.sh install as root"
+    return None
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory) -> dict[str, str]:
+    """A running one-node cluster; yields the environment its client commands need."""
+    problem = why_no_slurm()
+    if problem:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the SLURM tests must run in CI: {problem}")
+        pytest.skip(problem)
+    state = tmp_path_factory.mktemp("slurm-state")
+    env = {**os.environ, "MNIST_DDP_SLURM_DIR": str(state)}
+    up = subprocess.run([str(CLUSTER), "up"], env=env, capture_output=True, text=True, timeout=120)
+    assert up.returncode == 0, up.stderr
+    env["SLURM_CONF"] = str(state / "slurm.conf")
+    try:
+        yield env
+    finally:
+        subprocess.run([str(CLUSTER), "down"], env=env, timeout=60)
+
+
+def submit(slurm: dict[str, str], out_dir: Path) -> tuple[str, Path]:
+    """Submit slurm/train.sbatch unchanged, with CPU overrides: 2 ranks on the 2-core node."""
+    env = {
+        **slurm,
+        "NPROC": "2",
+        "PYTHON": sys.executable,
+        "MNIST_DDP_RUNS": str(out_dir / "runs"),
+        PRINT_HASH_ENV: "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    cmd = [
+        "sbatch",
+        "--parsable",
+        "--gpus-per-node=0",
+        "--cpus-per-task=2",
+        "--time=10",
+        f"--output={out_dir}/slurm-%x-%j.out",
+        "slurm/train.sbatch",
+        *OVERRIDES,
+    ]
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    job_id = result.stdout.strip().split(";")[0]
+    return job_id, out_dir / f"slurm-mnist_ddp-{job_id}.out"
+
+
+def job_fields(slurm: dict[str, str], job_id: str) -> dict[str, str]:
+    line = subprocess.run(
+        ["scontrol", "-o", "show", "job", job_id], env=slurm, capture_output=True, text=True, timeout=30
+    ).stdout
+    return dict(item.split("=", 1) for item in line.split() if "=" in item)
+
+
+def wait_for_end(slurm: dict[str, str], job_id: str, timeout: float = 300) -> dict[str, str]:
+    # sbatch --wait polls slowly and returns 0 for a cancelled job: poll and read the state instead.
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        fields = job_fields(slurm, job_id)
+        if fields.get("JobState") in DONE_STATES:
+            return fields
+        time.sleep(1)
+    raise AssertionError(f"job {job_id} did not finish in {timeout} s: {job_fields(slurm, job_id)}")
+
+
+def wait_for_text(path: Path, text: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text(errors="replace"):
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"{text!r} not in {path} after {timeout} s")
+
+
+def final_hashes(log: str) -> set[str]:
+    return {line.split()[-1] for line in log.splitlines() if line.startswith("parameter_hash ")}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(slurm, tmp_path_factory) -> dict:
+    out_dir = tmp_path_factory.mktemp("job")
+    job_id, log_path = submit(slurm, out_dir)
+    fields = wait_for_end(slurm, job_id)
+    log = log_path.read_text(errors="replace")
+    return {"id": job_id, "fields": fields, "log": log, "run_dir": out_dir / "runs" / f"slurm-{job_id}"}
+
+
+def test_sbatch_runs_the_job_to_completion(uninterrupted):
+    fields, log = uninterrupted["fields"], uninterrupted["log"]
+    assert fields["JobState"] == "COMPLETED", log[-3000:]
+    assert fields["ExitCode"] == "0:0"
+    assert "final test accuracy" in log
+    summary = json.loads((uninterrupted["run_dir"] / "summary.json").read_text())
+    assert (summary["world_size"], summary["backend"], summary["epochs"]) == (2, "gloo", 30)
+    assert summary["test_examples"] == 360 and summary["test_accuracy"] > 0.9
+    assert len(final_hashes(log)) == 1
+
+
+def test_preempted_job_is_requeued_resumes_and_matches(slurm, uninterrupted, tmp_path):
+    job_id, log_path = submit(slurm, tmp_path)
+    wait_for_text(log_path, "epoch  2/30")
+    # SIGUSR1 to every process of the job, the batch shell included, as a preemption notice sends.
+    signal = subprocess.run(["scancel", "--signal=USR1", "--full", job_id], env=slurm, capture_output=True, text=True)
+    assert signal.returncode == 0, signal.stderr
+    fields = wait_for_end(slurm, job_id)
+    log = log_path.read_text(errors="replace")
+    assert fields["JobState"] == "COMPLETED", log[-3000:]
+    assert int(fields["Restarts"]) == 1
+    assert f"requeued SLURM job {job_id}" in log
+    assert "rank 0: stopping at global step" in log and "rank 1: stopping at global step" in log
+    assert f"job {job_id} (restart 1)" in log and "resuming from" in log
+    assert final_hashes(log) == final_hashes(uninterrupted["log"])
