@@ -11,6 +11,9 @@ from typing import IO, Any
 
 import torch
 
+CURRENT_UMASK = os.umask(0)
+os.umask(CURRENT_UMASK)
+
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
     """Call ``write`` on a temp file beside ``path``, fsync it, then rename it over ``path``."""
@@ -22,6 +25,8 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp creates the file 0600; give it the mode a plain open() would have.
+        os.chmod(tmp, 0o666 & ~CURRENT_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -90,6 +90,23 @@ class CheckpointConfig:
 
 
 @dataclass
+class WandbConfig:
+    mode: str = doc("auto (online if $WANDB_API_KEY is set, else offline) | online | offline | disabled", "auto")
+    project: str = doc("Weights & Biases project", "mnist_ddp")
+    entity: str = doc("Weights & Biases entity (team or user); empty: your default", "")
+    name: str = doc("run name; empty: wandb picks one", "")
+    group: str = doc("run group, e.g. to gather a sweep", "")
+    tags: list[str] = doc("run tags", factory=list)
+
+
+@dataclass
+class LogConfig:
+    every_steps: int = doc("steps between per-step train loss and lr logs (wandb, progress bar)", 50)
+    progress: bool = doc("a progress bar on rank 0 when stdout is a terminal", True)
+    plots: bool = doc("write learning-curve, confusion-matrix and sample PNGs to run.dir/plots", True)
+
+
+@dataclass
 class RunConfig:
     dir: str = doc("output folder; empty: runs/<timestamp>, or runs/<torchrun run id> under torchrun", "")
 
@@ -103,6 +120,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     dist: DistConfig = field(default_factory=DistConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
 
@@ -114,6 +133,7 @@ CHOICES = {
     "train.schedule": ("none", "cosine", "onecycle"),
     "train.device": ("auto", "cpu", "cuda"),
     "dist.backend": ("auto", "nccl", "gloo"),
+    "wandb.mode": ("auto", "online", "offline", "disabled"),
 }
 
 
@@ -229,6 +249,7 @@ def validate(cfg: Config) -> None:
             cfg.checkpoint.check_every_steps,
             "at least 1",
         ),
+        (cfg.log.every_steps >= 1, "log.every_steps", cfg.log.every_steps, "at least 1"),
         (cfg.resume != "", "resume", cfg.resume, "auto, none or the path of a snapshot"),
         (cfg.dist.timeout_seconds > 0, "dist.timeout_seconds", cfg.dist.timeout_seconds, "greater than 0"),
         (d.download_timeout_seconds > 0, "data.download_timeout_seconds", d.download_timeout_seconds, "greater than 0"),
@@ -238,11 +259,15 @@ def validate(cfg: Config) -> None:
             raise InputError(f"config key '{key}' is {value!r}; it must be {need}")
 
 
-def load_config(config_file: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Build the run's config from defaults, a YAML file and overrides, then validate it."""
+def load_config(
+    config_file: str | Path | None = None, overrides: list[str] | None = None, base: dict[str, Any] | None = None
+) -> Config:
+    """Build the config from defaults, then ``base`` (a saved config) or a YAML file, then overrides."""
     cfg = OmegaConf.structured(Config)
     path = Path(config_file) if config_file else DEFAULT_CONFIG_FILE
-    if config_file or path.is_file():
+    if base is not None:
+        cfg = merge(cfg, OmegaConf.create(base), "saved config")
+    elif config_file or path.is_file():
         cfg = merge(cfg, load_yaml(path), str(path))
     cfg = merge(cfg, parse_overrides(overrides or []), "command line")
     config: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]

@@ -1,4 +1,4 @@
-"""Test-set scoring by counts (correct, loss sum, per class), so counts from ranks can be summed."""
+"""Test-set scoring by counts (loss sum and the confusion matrix), so counts from ranks can be summed."""
 
 from __future__ import annotations
 
@@ -14,13 +14,26 @@ from mnist_ddp.distributed import all_reduce_sum
 
 @dataclass
 class EvalCounts:
-    """Sums over scored images; summing two EvalCounts gives the counts over both sets."""
+    """Sums over scored images: the summed loss and confusion[true][predicted] counts."""
 
-    correct: int
     loss_sum: float
-    examples: int
-    per_class_correct: list[int]
-    per_class_total: list[int]
+    confusion: list[list[int]]
+
+    @property
+    def examples(self) -> int:
+        return sum(map(sum, self.confusion))
+
+    @property
+    def correct(self) -> int:
+        return sum(self.per_class_correct)
+
+    @property
+    def per_class_correct(self) -> list[int]:
+        return [row[i] for i, row in enumerate(self.confusion)]
+
+    @property
+    def per_class_total(self) -> list[int]:
+        return [sum(row) for row in self.confusion]
 
     @property
     def accuracy(self) -> float:
@@ -36,23 +49,20 @@ class EvalCounts:
 
 
 def count_tensor(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Counts as one float64 tensor on the model's device, laid out for a single all_reduce.
+    """Counts as one float64 tensor on the images' device, laid out for a single all_reduce.
 
-    Layout: [correct, loss_sum, examples, per-class correct (10), per-class total (10)].
+    Layout: [loss_sum, confusion matrix (10 x 10, row = true class, column = prediction)].
     """
-    counts = torch.zeros(3 + 2 * NUM_CLASSES, dtype=torch.float64, device=images.device)
+    counts = torch.zeros(1 + NUM_CLASSES * NUM_CLASSES, dtype=torch.float64, device=images.device)
     was_training = model.training
     model.eval()
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
             x, y = images[start : start + batch_size], labels[start : start + batch_size]
             logits = model(x).float()
-            hit = logits.argmax(dim=1) == y
-            counts[0] += hit.sum()
-            counts[1] += F.cross_entropy(logits, y, reduction="sum").double()
-            counts[2] += len(y)
-            counts[3 : 3 + NUM_CLASSES] += torch.bincount(y[hit], minlength=NUM_CLASSES).double()
-            counts[3 + NUM_CLASSES :] += torch.bincount(y, minlength=NUM_CLASSES).double()
+            counts[0] += F.cross_entropy(logits, y, reduction="sum").double()
+            cell = y * NUM_CLASSES + logits.argmax(dim=1)
+            counts[1:] += torch.bincount(cell, minlength=NUM_CLASSES * NUM_CLASSES).double()
     model.train(was_training)
     return counts
 
@@ -60,13 +70,8 @@ def count_tensor(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, b
 def counts_from_tensor(counts: torch.Tensor) -> EvalCounts:
     """Unpack :func:`count_tensor`'s layout (one host transfer)."""
     c = counts.cpu().tolist()
-    return EvalCounts(
-        correct=round(c[0]),
-        loss_sum=c[1],
-        examples=round(c[2]),
-        per_class_correct=[round(v) for v in c[3 : 3 + NUM_CLASSES]],
-        per_class_total=[round(v) for v in c[3 + NUM_CLASSES :]],
-    )
+    cells = [round(v) for v in c[1:]]
+    return EvalCounts(c[0], [cells[i * NUM_CLASSES : (i + 1) * NUM_CLASSES] for i in range(NUM_CLASSES)])
 
 
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> EvalCounts:
@@ -84,3 +89,11 @@ def evaluate_across_ranks(
     """
     counts = count_tensor(model, images[rank::world_size], labels[rank::world_size], batch_size)
     return counts_from_tensor(all_reduce_sum(counts))
+
+
+def confusion_text(counts: EvalCounts) -> str:
+    """The confusion matrix as a text table (rows: true digit, columns: predicted digit)."""
+    width = max(5, len(str(max(map(max, counts.confusion)))) + 1)
+    header = "true\\pred" + "".join(f"{c:>{width}}" for c in range(NUM_CLASSES))
+    rows = [f"{t:>9}" + "".join(f"{v:>{width}}" for v in row) for t, row in enumerate(counts.confusion)]
+    return "\n".join([header, *rows])

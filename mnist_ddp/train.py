@@ -16,27 +16,23 @@ import time
 from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
 
-from mnist_ddp import checkpoint, distributed, fault_injection, guard, metrics
+from mnist_ddp import checkpoint, distributed, fault_injection, guard, metrics, plots, tracking
 from mnist_ddp.atomic import atomic_write_text
 from mnist_ddp.checkpoint import save_model
 from mnist_ddp.config import Config, TrainConfig, parse_args, to_dict, to_yaml
 from mnist_ddp.data import Splits, epoch_permutation, load_splits, prepare_files, shard_indices
+from mnist_ddp.entry import run_command, say
 from mnist_ddp.errors import InputError
 from mnist_ddp.evaluation import evaluate_across_ranks
 from mnist_ddp.model import MLP, parameter_count, parameter_hash
-
-
-def say(line: str, stream: TextIO = sys.stdout) -> None:
-    """Write one whole line in one call, so lines from several ranks on one pipe do not interleave."""
-    stream.write(line + "\n")
-    stream.flush()
 
 
 def build_optimizer(params: Any, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -223,6 +219,7 @@ def train(cfg: Config, launch: distributed.Launch, device: torch.device, backend
         )
         if resumed:
             print(f"resuming from {resumed['path']}: epoch {epoch}, step {skip_steps} (global step {global_step})")
+    wandb_run = tracking.start(cfg, run_dir, resumed and resumed.get("wandb_run_id")) if is_main else None
 
     def snapshot(epoch: int, step_in_epoch: int, loss_sum: torch.Tensor) -> Path | None:
         """Every rank calls this (it gathers RNG states and the loss); rank 0 writes the file."""
@@ -244,7 +241,7 @@ def train(cfg: Config, launch: distributed.Launch, device: torch.device, backend
                 "world_size": world_size,
                 "in_features": data.in_features,
                 "config": to_dict(cfg),
-                "wandb_run_id": None,
+                "wandb_run_id": tracking.run_id(wandb_run),
             }
             path = checkpoint.save_snapshot(run_dir, state, ck.keep)
         distributed.barrier()
@@ -272,88 +269,94 @@ def train(cfg: Config, launch: distributed.Launch, device: torch.device, backend
                 " run the same command again to resume"
             )
 
-    first_bad = torch.full((), guard.NO_BAD_STEP, dtype=torch.int64, device=device)
-    counts = None
-    while epoch <= tc.epochs:
-        model.train()
-        order = epoch_permutation(len(data.train_labels), cfg.seed, epoch).to(device)
-        shard = shard_indices(order, rank, world_size)
-        loss_sum = torch.full((), loss_carry, device=device)
-        started = time.perf_counter()
-        for step_in_epoch in range(skip_steps + 1, steps_per_epoch + 1):
-            batch = shard[(step_in_epoch - 1) * per_rank_batch : step_in_epoch * per_rank_batch]
-            images, labels = data.train_images[batch], data.train_labels[batch]
-            with autocast:
-                loss = F.cross_entropy(forward(images).float(), labels)
-            loss = fault_injection.inject(fault, global_step, loss)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # DDP averages the gradients across ranks here
-            optimizer.step()
-            if schedule is not None:
-                schedule.step()
-            loss_sum += loss.detach() * len(batch)
-            first_bad = guard.track_loss(first_bad, loss.detach(), global_step)
-            global_step += 1
-            snapshot_due = ck.every_steps > 0 and global_step % ck.every_steps == 0
-            if snapshot_due or global_step % ck.check_every_steps == 0:
-                check(epoch, step_in_epoch, loss_sum, snapshot_due)
-        trained = (steps_per_epoch - skip_steps) * per_rank_batch * world_size
-        train_loss = distributed.all_reduce_sum(loss_sum).item() / (shard_len * world_size)
-        train_seconds = time.perf_counter() - started
+    try:
+        first_bad = torch.full((), guard.NO_BAD_STEP, dtype=torch.int64, device=device)
+        counts = None
+        while epoch <= tc.epochs:
+            model.train()
+            order = epoch_permutation(len(data.train_labels), cfg.seed, epoch).to(device)
+            shard = shard_indices(order, rank, world_size)
+            loss_sum = torch.full((), loss_carry, device=device)
+            started = time.perf_counter()
+            bar = tqdm(
+                total=steps_per_epoch,
+                initial=skip_steps,
+                desc=f"epoch {epoch}",
+                leave=False,
+                disable=not (is_main and cfg.log.progress and sys.stdout.isatty()),
+            )
+            for step_in_epoch in range(skip_steps + 1, steps_per_epoch + 1):
+                batch = shard[(step_in_epoch - 1) * per_rank_batch : step_in_epoch * per_rank_batch]
+                images, labels = data.train_images[batch], data.train_labels[batch]
+                with autocast:
+                    loss = F.cross_entropy(forward(images).float(), labels)
+                loss = fault_injection.inject(fault, global_step, loss)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()  # DDP averages the gradients across ranks here
+                optimizer.step()
+                if schedule is not None:
+                    schedule.step()
+                loss_sum += loss.detach() * len(batch)
+                first_bad = guard.track_loss(first_bad, loss.detach(), global_step)
+                global_step += 1
+                bar.update()
+                if is_main and global_step % cfg.log.every_steps == 0:
+                    step_loss, lr = loss.item(), optimizer.param_groups[0]["lr"]  # rank 0 alone: no collective
+                    tracking.log(wandb_run, {"train/loss": step_loss, "train/lr": lr}, global_step)
+                    bar.set_postfix(loss=f"{step_loss:.4f}")
+                snapshot_due = ck.every_steps > 0 and global_step % ck.every_steps == 0
+                if snapshot_due or global_step % ck.check_every_steps == 0:
+                    check(epoch, step_in_epoch, loss_sum, snapshot_due)
+            bar.close()
+            trained = (steps_per_epoch - skip_steps) * per_rank_batch * world_size
+            train_loss = distributed.all_reduce_sum(loss_sum).item() / (shard_len * world_size)
+            train_seconds = time.perf_counter() - started
 
-        # On the unwrapped module: a DDP forward outside training would prepare a gradient sync.
-        counts = evaluate_across_ranks(model, data.test_images, data.test_labels, tc.eval_batch_size, rank, world_size)
-        if is_main:
-            lr = optimizer.param_groups[0]["lr"]
-            records.append(metrics.epoch_record(epoch, train_loss, counts, trained, train_seconds, lr))
-            metrics.write_metrics(run_dir, records)
-            print(metrics.format_epoch_line(records[-1], tc.epochs), flush=True)
-        epoch, skip_steps, loss_carry = epoch + 1, 0, 0.0
-        check(epoch, 0, torch.zeros((), device=device), snapshot_due=True)
+            # On the unwrapped module: a DDP forward outside training would prepare a gradient sync.
+            counts = evaluate_across_ranks(
+                model, data.test_images, data.test_labels, tc.eval_batch_size, rank, world_size
+            )
+            if is_main:
+                lr = optimizer.param_groups[0]["lr"]
+                records.append(metrics.epoch_record(epoch, train_loss, counts, trained, train_seconds, lr))
+                metrics.write_metrics(run_dir, records)
+                print(metrics.format_epoch_line(records[-1], tc.epochs), flush=True)
+                tracking.log(wandb_run, tracking.epoch_values(records[-1], counts.per_class_accuracy), global_step)
+            epoch, skip_steps, loss_carry = epoch + 1, 0, 0.0
+            check(epoch, 0, torch.zeros((), device=device), snapshot_due=True)
 
-    if counts is None:  # resumed from a snapshot taken after the last epoch
-        counts = evaluate_across_ranks(model, data.test_images, data.test_labels, tc.eval_batch_size, rank, world_size)
-    if fault_injection.print_hash_requested():
-        say(f"parameter_hash rank={rank} {parameter_hash(model)}")
-    if not is_main:
-        return {}
-    save_model(run_dir / "model.pt", model, to_dict(cfg), data.in_features)
-    summary = metrics.build_summary(records, counts, world_size)
-    summary |= {"backend": backend if world_size > 1 else "none", "per_rank_batch_size": per_rank_batch}
-    metrics.write_summary(run_dir, summary)
-    print(
-        f"final test accuracy {100 * summary['test_accuracy']:.2f}% on {summary['test_examples']} images "
-        f"(best {100 * summary['best_test_accuracy']:.2f}%), {summary['wall_seconds']:.1f}s since process start",
-        flush=True,
-    )
-    return summary
+        if counts is None:  # resumed from a snapshot taken after the last epoch
+            counts = evaluate_across_ranks(
+                model, data.test_images, data.test_labels, tc.eval_batch_size, rank, world_size
+            )
+        if fault_injection.print_hash_requested():
+            say(f"parameter_hash rank={rank} {parameter_hash(model)}")
+        if not is_main:
+            return {}
+        save_model(run_dir / "model.pt", model, to_dict(cfg), data.in_features)
+        summary = metrics.build_summary(records, counts, world_size)
+        summary |= {"backend": backend if world_size > 1 else "none", "per_rank_batch_size": per_rank_batch}
+        metrics.write_summary(run_dir, summary)
+        if cfg.log.plots:
+            figures = plots.write_run_plots(
+                records, counts, model, data.test_images, data.test_labels, run_dir / "plots"
+            )
+            tracking.log_images(wandb_run, figures, global_step)
+        print(
+            f"final test accuracy {100 * summary['test_accuracy']:.2f}% on {summary['test_examples']} images "
+            f"(best {100 * summary['best_test_accuracy']:.2f}%), {summary['wall_seconds']:.1f}s since process start",
+            flush=True,
+        )
+        tracking.finish(wandb_run, summary)
+        return summary
+    except BaseException:
+        tracking.finish(wandb_run, {}, failed=True)
+        raise
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point; bad input prints one line and returns 2."""
-    launch = distributed.Launch()
-    clean = False
-    try:
-        launch = distributed.read_launch()
-        cfg = parse_args(argv, prog="python -m mnist_ddp.train")
-        device = distributed.choose_device(cfg.train.device, launch.local_rank)
-        backend = distributed.choose_backend(cfg.dist.backend, device)
-        distributed.init(launch, backend, device, cfg.dist.timeout_seconds)
-        train(cfg, launch, device, backend)
-        clean = True
-    except InputError as e:
-        # Errors every rank hits alike are printed once, by rank 0.
-        if launch.rank == 0 or getattr(e, "rank_specific", False):
-            prefix = f"[rank {launch.rank}] " if launch.world_size > 1 else ""
-            label = "preempted" if isinstance(e, guard.Preempted) else "error"
-            say(f"{label}: {prefix}{e}", sys.stderr)
-        else:
-            # torchrun stops the whole group as soon as one worker exits: give rank 0 time to print.
-            time.sleep(2)
-        return e.exit_code
-    finally:
-        distributed.shutdown(clean)
-    return 0
+    """Command-line entry point; see README for the exit codes."""
+    return run_command(lambda: parse_args(argv, prog="python -m mnist_ddp.train"), train)
 
 
 if __name__ == "__main__":

@@ -27,3 +27,13 @@ def test_creates_missing_parent_folders(tmp_path):
     path = tmp_path / "a" / "b" / "c.json"
     atomic_write_json(path, [1, 2])
     assert json.loads(path.read_text()) == [1, 2]
+
+
+def test_files_get_the_usual_permissions_not_mkstemps_0600(tmp_path):
+    import os
+
+    path = tmp_path / "summary.json"
+    atomic_write_json(path, {})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask

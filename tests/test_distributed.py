@@ -26,7 +26,7 @@ from mnist_ddp.model import MLP
 from mnist_ddp.train import per_rank_batch_size
 
 SMOKE = str(CONFIGS / "smoke.yaml")
-OUTPUTS = ["checkpoints", "config.yaml", "metrics.jsonl", "model.pt", "summary.json"]
+OUTPUTS = ["checkpoints", "config.yaml", "metrics.jsonl", "model.pt", "plots", "summary.json", "wandb"]
 
 
 def test_torchrun_environment():
@@ -101,7 +101,8 @@ def score_on_ranks(rank: int, world_size: int, port: int, out: str) -> None:
     labels = torch.randint(0, 10, (101,), generator=generator)
     counts = evaluate_across_ranks(model, images, labels, 16, rank, world_size)
     if rank == 0:
-        Path(out).write_text(json.dumps(counts.__dict__))
+        fields = ("examples", "correct", "per_class_total", "loss_sum", "confusion")
+        Path(out).write_text(json.dumps({f: getattr(counts, f) for f in fields}))
     dist.destroy_process_group()
 
 
@@ -113,6 +114,7 @@ def test_evaluation_counts_every_test_image_once_for_any_world_size(tmp_path):
         results.append(json.loads(out.read_text()))
     assert [r["examples"] for r in results] == [101, 101, 101]
     assert results[0]["correct"] == results[1]["correct"] == results[2]["correct"]
+    assert results[0]["confusion"] == results[1]["confusion"] == results[2]["confusion"]
     assert results[0]["per_class_total"] == results[2]["per_class_total"]
     assert results[0]["loss_sum"] == pytest.approx(results[2]["loss_sum"], rel=1e-6)  # float32 sums in another order
 

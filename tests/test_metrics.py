@@ -38,7 +38,11 @@ def record(epoch, acc, seconds, elapsed):
 
 def test_summary_numbers():
     records = [record(1, 0.97, 1.0, 3.0), record(2, 0.981, 1.0, 4.0), record(3, 0.979, 2.0, 6.0)]
-    final = EvalCounts(979, 50.0, 1000, [98] * 9 + [97], [100] * 10)
+    confusion = [[98 if t == p else 0 for p in range(10)] for t in range(10)]
+    for t in range(10):
+        confusion[t][(t + 1) % 10] = 2
+    confusion[9][9], confusion[9][0] = 97, 3  # 979 of 1000 right
+    final = EvalCounts(50.0, confusion)
     summary = metrics.build_summary(records, final, world_size=1)
     assert summary["test_accuracy"] == 0.979 and summary["best_test_accuracy"] == 0.981 and summary["best_epoch"] == 2
     assert summary["test_examples"] == 1000 and summary["epochs"] == 3

@@ -1,0 +1,107 @@
+"""Score a saved model on the test split.
+
+    python -m mnist_ddp.evaluate checkpoint=PATH [out=DIR] [key=value ...]
+    torchrun --nproc_per_node=4 -m mnist_ddp.evaluate checkpoint=PATH
+
+PATH is a run's model.pt or any snapshot. The model and data come from the config saved with
+it; ``key=value`` overrides change the data (e.g. data.root=...). Counting is exact across
+ranks, as in training. Rank 0 prints accuracy, per-class accuracy and the confusion matrix,
+and writes evaluation.json and PNGs to DIR (default: a plots folder beside PATH).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mnist_ddp import distributed, plots
+from mnist_ddp.atomic import atomic_write_json
+from mnist_ddp.config import Config, load_config
+from mnist_ddp.entry import run_command, say
+from mnist_ddp.errors import InputError
+from mnist_ddp.evaluation import confusion_text, evaluate_across_ranks
+from mnist_ddp.model import MLP
+
+
+def read_weights(path: Path) -> dict[str, Any]:
+    """The state_dict, config and input width of a model.pt or a snapshot (weights-only load)."""
+    if not path.is_file():
+        raise InputError(f"checkpoint={path}: no such file; give a run's model.pt or a snapshot")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a bad file
+        raise InputError(f"checkpoint={path}: not a weights-only torch file ({type(e).__name__})") from None
+    state = saved.get("state_dict", saved.get("model")) if isinstance(saved, dict) else None
+    if state is None or "config" not in saved or "in_features" not in saved:
+        raise InputError(f"checkpoint={path}: not an mnist_ddp model.pt or snapshot")
+    return {"state_dict": state, "config": saved["config"], "in_features": saved["in_features"]}
+
+
+def split_arguments(argv: list[str] | None) -> tuple[Path, Path | None, list[str]]:
+    """checkpoint=PATH, out=DIR and the remaining config overrides."""
+    parser = argparse.ArgumentParser(prog="python -m mnist_ddp.evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("args", nargs="*", metavar="checkpoint=PATH | out=DIR | key=value")
+    items = parser.parse_args(argv).args
+    found = {k: v for k, _, v in (a.partition("=") for a in items) if k in ("checkpoint", "out")}
+    if "checkpoint" not in found:
+        raise InputError("checkpoint=PATH is required (a run's model.pt or a snapshot)")
+    rest = [a for a in items if a.partition("=")[0] not in ("checkpoint", "out")]
+    return Path(found["checkpoint"]), Path(found["out"]) if "out" in found else None, rest
+
+
+def evaluate_checkpoint(
+    cfg: Config, launch: distributed.Launch, device: torch.device, saved: dict[str, Any], out: Path
+) -> dict[str, Any]:
+    """Load the weights on every rank, score the test split across ranks, report on rank 0."""
+    from mnist_ddp.train import load_data_everywhere  # the same download-once, fail-together loading
+
+    data = load_data_everywhere(cfg, launch, device)
+    model = MLP(data.in_features, list(cfg.model.hidden), cfg.model.dropout).to(device)
+    try:
+        model.load_state_dict(saved["state_dict"])
+    except RuntimeError as e:
+        raise InputError(f"the checkpoint does not fit this model/data: {str(e).splitlines()[0]}") from None
+    counts = evaluate_across_ranks(
+        model, data.test_images, data.test_labels, cfg.train.eval_batch_size, launch.rank, launch.world_size
+    )
+    result = {
+        "test_accuracy": counts.accuracy,
+        "test_loss": counts.loss,
+        "test_examples": counts.examples,
+        "correct": counts.correct,
+        "per_class_accuracy": counts.per_class_accuracy,
+        "confusion": counts.confusion,
+        "world_size": launch.world_size,
+        "data": data.source,
+    }
+    if launch.rank == 0:
+        say(f"{data.source}: {counts.correct}/{counts.examples} correct, accuracy {100 * counts.accuracy:.2f}%")
+        say("per-class accuracy: " + "  ".join(f"{c}: {100 * a:.1f}%" for c, a in enumerate(counts.per_class_accuracy)))
+        say(confusion_text(counts))
+        atomic_write_json(out / "evaluation.json", result)
+        plots.write_run_plots(None, counts, model, data.test_images, data.test_labels, out)
+        say(f"wrote {out / 'evaluation.json'}, {out / 'confusion_matrix.png'}, {out / 'test_predictions.png'}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point (exit codes as for training)."""
+    context: dict[str, Any] = {}
+
+    def parse() -> Config:
+        checkpoint, out, overrides = split_arguments(argv if argv is not None else sys.argv[1:])
+        saved = read_weights(checkpoint)
+        context.update(saved=saved, out=out or checkpoint.parent / "plots")
+        return load_config(overrides=overrides, base=saved["config"])
+
+    return run_command(
+        parse, lambda cfg, launch, device, _: evaluate_checkpoint(cfg, launch, device, context["saved"], context["out"])
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Predict the digit in image files: ``python -m mnist_ddp.predict checkpoint=PATH IMAGE...``.
+
+Any size, white-on-black or black-on-white: each image is turned into what MNIST holds (a
+white digit on black, fitted into a 20x20 box and centred by mass in 28x28) before the model
+sees it. Prints the predicted digit and the top-3 probabilities per file. An unreadable file
+gets a one-line error; the others are still predicted, and the exit code is then 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from mnist_ddp.entry import say
+from mnist_ddp.errors import InputError
+from mnist_ddp.evaluate import read_weights
+from mnist_ddp.model import MLP
+
+
+def to_mnist(image: Image.Image, side: int = 28) -> torch.Tensor:
+    """A uint8 (side*side,) tensor laid out as MNIST's digits are."""
+    gray = np.asarray(image.convert("L"), dtype=np.float32)
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    if border.mean() > 127:  # the background is light: MNIST's digits are light on dark
+        gray = 255 - gray
+    gray = np.clip(gray - np.median(border if border.mean() <= 127 else 255 - border), 0, 255)
+    ink = gray > 0.1 * gray.max() if gray.max() > 0 else np.zeros_like(gray, dtype=bool)
+    if not ink.any():
+        return torch.zeros(side * side, dtype=torch.uint8)
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    digit = gray[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    box = round(side * 20 / 28)
+    scale = box / max(digit.shape)
+    size = (max(1, round(digit.shape[1] * scale)), max(1, round(digit.shape[0] * scale)))
+    resized = np.asarray(Image.fromarray(digit.astype(np.uint8)).resize(size, Image.LANCZOS), dtype=np.float32)
+    total = resized.sum()
+    yy, xx = np.indices(resized.shape)
+    cy, cx = (yy * resized).sum() / total, (xx * resized).sum() / total
+    top = int(np.clip(round(side / 2 - cy), 0, side - resized.shape[0]))
+    left = int(np.clip(round(side / 2 - cx), 0, side - resized.shape[1]))
+    canvas = np.zeros((side, side), dtype=np.float32)
+    canvas[top : top + resized.shape[0], left : left + resized.shape[1]] = resized
+    return torch.from_numpy(np.clip(canvas, 0, 255).astype(np.uint8)).flatten()
+
+
+def load_model(path: Path) -> MLP:
+    """The model saved at ``path``, in eval mode on the CPU."""
+    saved = read_weights(path)
+    model_cfg = saved["config"]["model"]
+    model = MLP(saved["in_features"], list(model_cfg["hidden"]), model_cfg["dropout"])
+    model.load_state_dict(saved["state_dict"])
+    return model.eval()
+
+
+def predict_files(model: MLP, files: list[str]) -> int:
+    """Print a prediction per readable file and an error per unreadable one; the number of errors."""
+    side = round(model.layers[0].in_features ** 0.5)
+    errors = 0
+    for name in files:
+        try:
+            with Image.open(name) as image:
+                pixels = to_mnist(image, side)
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            reason = (
+                "no such file" if isinstance(e, FileNotFoundError) else f"not a readable image ({type(e).__name__})"
+            )
+            say(f"error: {name}: {reason}", sys.stderr)
+            errors += 1
+            continue
+        with torch.no_grad():
+            probabilities = model(pixels[None]).softmax(dim=1)[0]
+        top = probabilities.topk(3)
+        ranked = ", ".join(f"{int(d)}: {p:.3f}" for p, d in zip(top.values, top.indices, strict=True))
+        say(f"{name}: {int(top.indices[0])}  ({ranked})")
+    return errors
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point: 0 when every file was predicted, 2 otherwise."""
+    args = argv if argv is not None else sys.argv[1:]
+    if any(a in ("-h", "--help") for a in args):
+        print(__doc__)
+        return 0
+    checkpoints = [a.partition("=")[2] for a in args if a.startswith("checkpoint=")]
+    files = [a for a in args if not a.startswith("checkpoint=")]
+    try:
+        if len(checkpoints) != 1 or not files:
+            raise InputError("usage: python -m mnist_ddp.predict checkpoint=PATH IMAGE [IMAGE ...]")
+        model = load_model(Path(checkpoints[0]))
+    except InputError as e:
+        say(f"error: {e}", sys.stderr)
+        return 2
+    return 2 if predict_files(model, files) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

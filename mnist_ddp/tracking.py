@@ -1,0 +1,85 @@
+"""Weights & Biases, from global rank 0 only: one run per job, continued across resumes.
+
+Every function takes the run that :func:`start` returned, which is None on other ranks and
+with ``wandb.mode=disabled``; then they do nothing (and wandb is never imported).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from mnist_ddp.config import Config, to_dict
+
+
+def resolved_mode(mode: str) -> str:
+    """'auto' means online with an API key and offline without, so no account is ever needed."""
+    if mode == "auto":
+        return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    return mode
+
+
+def start(cfg: Config, run_dir: Path, resume_id: str | None) -> Any:
+    """Start (or, given the id saved in a snapshot, continue) the wandb run; None when disabled."""
+    mode = resolved_mode(cfg.wandb.mode)
+    if mode == "disabled":
+        return None
+    import wandb  # a second of import time, paid only when tracking
+
+    w = cfg.wandb
+    return wandb.init(
+        mode=mode,
+        project=w.project,
+        entity=w.entity or None,
+        name=w.name or None,
+        group=w.group or None,
+        tags=list(w.tags),
+        config=to_dict(cfg),
+        dir=str(run_dir),
+        id=resume_id,
+        resume="allow" if resume_id else None,
+        # Leave stdout alone: the epoch lines are ours, and other ranks print too.
+        settings=wandb.Settings(console="off", silent=True),
+    )
+
+
+def log(run: Any, values: dict[str, Any], step: int) -> None:
+    """Log ``values`` at global step ``step`` (the one monotonic axis for step and epoch metrics)."""
+    if run is not None:
+        run.log(values, step=step)
+
+
+def epoch_values(record: dict[str, Any], per_class_accuracy: list[float]) -> dict[str, Any]:
+    """An epoch's record under wandb's section/name keys."""
+    values = {
+        "epoch": record["epoch"],
+        "train/epoch_loss": record["train_loss"],
+        "test/loss": record["test_loss"],
+        "test/accuracy": record["test_accuracy"],
+        "perf/samples_per_second": record["samples_per_second"],
+    }
+    values.update({f"test/class_{c}_accuracy": a for c, a in enumerate(per_class_accuracy)})
+    return values
+
+
+def log_images(run: Any, paths: list[Path], step: int) -> None:
+    """Log PNG files as images."""
+    if run is None:
+        return
+    import wandb
+
+    run.log({f"plots/{p.stem}": wandb.Image(str(p)) for p in paths}, step=step)
+
+
+def finish(run: Any, summary: dict[str, Any], failed: bool = False) -> None:
+    """Write the final and best accuracy into the run's summary and close it (marked failed on errors)."""
+    if run is None:
+        return
+    run.summary.update({k: v for k, v in summary.items() if isinstance(v, int | float)})
+    run.finish(exit_code=1 if failed else 0)
+
+
+def run_id(run: Any) -> str | None:
+    """The id to save in snapshots, so a resumed or requeued job continues this run."""
+    return None if run is None else run.id

@@ -1,0 +1,113 @@
+"""python -m mnist_ddp.predict: MNIST-style normalisation and predictions on image files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_module
+from PIL import Image
+
+from mnist_ddp.data import DataConfig, load_splits
+from mnist_ddp.predict import to_mnist
+
+
+def centre_of_mass(pixels: torch.Tensor, side: int = 28) -> tuple[float, float]:
+    image = pixels.reshape(side, side).double()
+    yy, xx = torch.meshgrid(torch.arange(side).double(), torch.arange(side).double(), indexing="ij")
+    return float((yy * image).sum() / image.sum()), float((xx * image).sum() / image.sum())
+
+
+def test_an_off_centre_blob_is_fitted_and_centred_by_mass():
+    canvas = np.zeros((60, 100), dtype=np.uint8)
+    canvas[5:45, 70:90] = 255  # a tall bar near the top right of a wide image
+    pixels = to_mnist(Image.fromarray(canvas))
+    assert pixels.dtype == torch.uint8 and pixels.shape == (784,)
+    cy, cx = centre_of_mass(pixels)
+    assert abs(cy - 14) <= 0.6 and abs(cx - 14) <= 0.6  # where MNIST puts it
+    rows = torch.nonzero(pixels.reshape(28, 28).amax(dim=1) > 64).flatten()
+    assert rows.max() - rows.min() + 1 == 20  # the long side fills MNIST's 20-pixel box
+
+
+def test_dark_on_light_gives_the_same_digit_as_light_on_dark():
+    canvas = np.zeros((50, 40), dtype=np.uint8)
+    canvas[10:40, 15:22] = 255
+    canvas[10:14, 10:30] = 200
+    light_on_dark = to_mnist(Image.fromarray(canvas))
+    dark_on_light = to_mnist(Image.fromarray(255 - canvas))
+    assert (light_on_dark.int() - dark_on_light.int()).abs().max() <= 2
+    assert to_mnist(Image.fromarray(np.full((30, 30), 255, dtype=np.uint8))).sum() == 0  # blank page
+
+
+@pytest.fixture(scope="module")
+def mnist_model(real_mnist, tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    result = run_module("mnist_ddp.train", f"data.root={real_mnist}", "train.epochs=3", f"run.dir={root}", cwd=root)
+    assert result.returncode == 0, result.stderr
+    return root / "model.pt"
+
+
+@pytest.fixture(scope="module")
+def real_mnist(request):
+    from conftest import real_mnist_dir
+
+    root = real_mnist_dir()
+    if root is None:
+        pytest.skip("real MNIST not found: set MNIST_DDP_DATA to a folder with the four IDX files")
+    return root
+
+
+def write_variants(images: torch.Tensor, folder) -> dict[str, list[str]]:
+    """Each test digit as PNG/JPEG files: as stored, inverted, enlarged, and padded into a wide page."""
+    variants: dict[str, list[str]] = {"plain": [], "inverted": [], "large": [], "page": []}
+    for i, pixels in enumerate(images):
+        digit = pixels.reshape(28, 28).numpy()
+        page = np.zeros((90, 160), dtype=np.uint8)
+        page[20:76, 90:146] = np.asarray(Image.fromarray(digit).resize((56, 56), Image.BILINEAR))
+        files = {
+            "plain": (digit, f"{i}.png"),
+            "inverted": (255 - digit, f"{i}-inverted.png"),
+            "large": (np.asarray(Image.fromarray(digit).resize((120, 120), Image.BICUBIC)), f"{i}-large.png"),
+            "page": (255 - page, f"{i}-page.jpg"),
+        }
+        for kind, (array, name) in files.items():
+            Image.fromarray(array).save(folder / name)
+            variants[kind].append(str(folder / name))
+    return variants
+
+
+def predictions(stdout: str) -> dict[str, int]:
+    return {line.split(": ")[0]: int(line.split(": ")[1].split()[0]) for line in stdout.splitlines() if ": " in line}
+
+
+def test_predict_reads_test_digits_in_any_polarity_and_size(mnist_model, real_mnist, tmp_path):
+    data = load_splits(DataConfig(root=str(real_mnist), download=False), seed=0)
+    images, labels = data.test_images[:20], data.test_labels[:20].tolist()
+    variants = write_variants(images, tmp_path)
+    files = [f for kind in variants.values() for f in kind]
+    result = run_module("mnist_ddp.predict", f"checkpoint={mnist_model}", *files, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    predicted = predictions(result.stdout)
+    for kind, names in variants.items():
+        right = sum(predicted[name] == label for name, label in zip(names, labels, strict=True))
+        assert right >= 19, (kind, right)  # the model itself scores ~97% on these
+    line = next(ln for ln in result.stdout.splitlines() if ln.startswith(variants["plain"][0]))
+    probabilities = [float(p.split(": ")[1]) for p in line.split("(")[1].rstrip(")").split(", ")]
+    assert len(probabilities) == 3 and probabilities == sorted(probabilities, reverse=True)
+
+
+def test_unreadable_files_are_reported_and_the_rest_predicted(mnist_model, tmp_path):
+    good = tmp_path / "good.png"
+    Image.fromarray(np.zeros((28, 28), dtype=np.uint8)).save(good)
+    fake = tmp_path / "fake.png"
+    fake.write_text("not an image")
+    missing = tmp_path / "missing.png"
+    result = run_module(
+        "mnist_ddp.predict", f"checkpoint={mnist_model}", str(missing), str(fake), str(good), cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"error: {missing}: no such file",
+        f"error: {fake}: not a readable image (UnidentifiedImageError)",
+    ]
+    assert result.stdout.startswith(f"{good}: ")
