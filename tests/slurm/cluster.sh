@@ -13,8 +13,15 @@ conf=$dir/slurm.conf
 
 install() {
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends munge slurmctld slurmd slurm-client >/dev/null
+    # A mirror hiccup should not fail CI: try three times.
+    for attempt in 1 2 3; do
+        if apt-get update -qq && apt-get install -y -qq --no-install-recommends munge slurmctld slurmd slurm-client >/dev/null; then
+            return 0
+        fi
+        echo "cluster.sh: apt-get failed (attempt $attempt), retrying" >&2
+        sleep 5
+    done
+    return 1
 }
 
 up() {
