@@ -37,10 +37,14 @@ MUST_MATCH = (
 )
 
 
+def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights as CPU tensors, ready to save."""
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
 def save_model(path: Path, model: nn.Module, config: dict[str, Any], in_features: int) -> None:
     """Write the final weights with the plain-dict config and the input width, atomically."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    atomic_torch_save(path, {"state_dict": state, "config": config, "in_features": in_features})
+    atomic_torch_save(path, {"state_dict": cpu_state_dict(model), "config": config, "in_features": in_features})
 
 
 def host_rng_state() -> dict[str, Any]:

@@ -26,7 +26,6 @@ from tqdm import tqdm
 
 from mnist_ddp import checkpoint, distributed, fault_injection, guard, metrics, plots, tracking
 from mnist_ddp.atomic import atomic_write_text
-from mnist_ddp.checkpoint import save_model
 from mnist_ddp.config import Config, TrainConfig, parse_args, to_dict, to_yaml
 from mnist_ddp.data import Splits, epoch_permutation, load_splits, prepare_files, shard_indices
 from mnist_ddp.entry import run_command, say
@@ -228,7 +227,7 @@ def train(cfg: Config, launch: distributed.Launch, device: torch.device, backend
         path = None
         if is_main:
             state = {
-                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "model": checkpoint.cpu_state_dict(model),
                 "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict() if schedule is not None else None,
                 "epoch": epoch,
@@ -333,7 +332,7 @@ def train(cfg: Config, launch: distributed.Launch, device: torch.device, backend
             say(f"parameter_hash rank={rank} {parameter_hash(model)}")
         if not is_main:
             return {}
-        save_model(run_dir / "model.pt", model, to_dict(cfg), data.in_features)
+        checkpoint.save_model(run_dir / "model.pt", model, to_dict(cfg), data.in_features)
         summary = metrics.build_summary(records, counts, world_size)
         summary |= {"backend": backend if world_size > 1 else "none", "per_rank_batch_size": per_rank_batch}
         metrics.write_summary(run_dir, summary)
