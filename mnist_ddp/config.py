@@ -67,9 +67,17 @@ class TrainConfig:
     momentum: float = doc("sgd momentum", 0.0)
     nesterov: bool = doc("sgd Nesterov momentum (needs momentum > 0)", False)
     weight_decay: float = doc("weight decay (decoupled for adamw)", 0.01)
-    schedule: str = doc("none | cosine | onecycle, stepped every batch", "onecycle")
+    beta2: float = doc("adamw's second-moment decay (beta1 is 0.9)", 0.999)
+    label_smoothing: float = doc("cross-entropy label smoothing, in [0, 1)", 0.0)
+    schedule: str = doc("none | cosine | onecycle | linear (warm up, then decay to 0), stepped every batch", "onecycle")
+    warmup_fraction: float = doc("share of all steps spent warming up (linear schedule), in [0, 1)", 0.1)
+    augment_shift: int = doc("shift each training image by up to N pixels in x and y, anew every step (0: off)", 0)
+    accumulate_steps: int = doc(
+        "micro-batches per optimizer step, each rank's share split evenly; DDP syncs only the last (no_sync)", 1
+    )
     bf16: bool = doc("bf16 autocast; fast on GPUs and CPUs with AVX512-BF16/AMX, slow elsewhere", False)
     compile: bool = doc("torch.compile the model", False)
+    cuda_graphs: bool = doc("replay the forward and backward pass as one CUDA graph (one CUDA rank)", False)
     eval_batch_size: int = doc("batch size for evaluation", 10_000)
     device: str = doc("auto | cpu | cuda", "auto")
     threads: int = doc("torch intra-op threads per process; 0 keeps torch's default", 0)
@@ -79,6 +87,9 @@ class TrainConfig:
 class DistConfig:
     backend: str = doc("auto (nccl for CUDA ranks, gloo for CPU ranks) | nccl | gloo", "auto")
     timeout_seconds: float = doc("process-group set-up and collective timeout", 300.0)
+    bucket_cap_mb: float = doc("DDP gradient bucket size in MB (one all_reduce per bucket)", 25.0)
+    comm_hook: str = doc("DDP gradient compression: none | bf16 | fp16 | powersgd", "none")
+    powersgd_rank: int = doc("PowerSGD's matrix approximation rank (comm_hook=powersgd)", 2)
 
 
 @dataclass
@@ -130,9 +141,10 @@ CHOICES = {
     "data.split": ("standard", "seed"),
     "data.format": ("auto", "idx", "mat"),
     "train.optimizer": ("sgd", "adamw"),
-    "train.schedule": ("none", "cosine", "onecycle"),
+    "train.schedule": ("none", "cosine", "onecycle", "linear"),
     "train.device": ("auto", "cpu", "cuda"),
     "dist.backend": ("auto", "nccl", "gloo"),
+    "dist.comm_hook": ("none", "bf16", "fp16", "powersgd"),
     "wandb.mode": ("auto", "online", "offline", "disabled"),
 }
 
@@ -235,6 +247,14 @@ def validate(cfg: Config) -> None:
         (t.momentum >= 0, "train.momentum", t.momentum, "at least 0"),
         (t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "at least 0"),
         (t.threads >= 0, "train.threads", t.threads, "at least 0 (0 keeps torch's default)"),
+        (0 <= t.beta2 < 1, "train.beta2", t.beta2, "in [0, 1)"),
+        (0 <= t.label_smoothing < 1, "train.label_smoothing", t.label_smoothing, "in [0, 1)"),
+        (0 <= t.warmup_fraction < 1, "train.warmup_fraction", t.warmup_fraction, "in [0, 1)"),
+        (t.augment_shift >= 0, "train.augment_shift", t.augment_shift, "at least 0"),
+        (t.accumulate_steps >= 1, "train.accumulate_steps", t.accumulate_steps, "at least 1"),
+        (not (t.cuda_graphs and t.compile), "train.cuda_graphs", t.cuda_graphs, "false when train.compile=true"),
+        (cfg.dist.bucket_cap_mb > 0, "dist.bucket_cap_mb", cfg.dist.bucket_cap_mb, "greater than 0"),
+        (cfg.dist.powersgd_rank >= 1, "dist.powersgd_rank", cfg.dist.powersgd_rank, "at least 1"),
         (not t.nesterov or t.momentum > 0, "train.nesterov", t.nesterov, "false unless train.momentum > 0"),
         (0 <= m.dropout < 1, "model.dropout", m.dropout, "in [0, 1)"),
         (len(m.hidden) >= 1, "model.hidden", list(m.hidden), "a non-empty list of widths, e.g. [256,128]"),

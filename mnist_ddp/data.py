@@ -1,11 +1,14 @@
 """MNIST (IDX or the blog's .mat) and scikit-learn's digits: read, validate, split, shard.
 
-Images stay uint8, one row per image (60,000 x 784 is 47 MB); the model scales each batch.
+Images are read as uint8, one row per image, and normalized once on the training device
+(60,000 x 784 float32 is 188 MB): per batch that would cost three elementwise passes, ~6% of
+a CPU step.
 """
 
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 import zlib
 from dataclasses import dataclass
@@ -13,9 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from mnist_ddp.config import DATA_ENV_VAR, DataConfig
 from mnist_ddp.errors import InputError
+
+# MNIST's pixel mean and standard deviation on the 0-1 scale.
+PIXEL_MEAN = 0.1307
+PIXEL_STD = 0.3081
 
 IDX_NAMES = {
     "train_images": "train-images-idx3-ubyte",
@@ -33,7 +41,7 @@ DIGITS_TEST_SIZE = 360  # a fixed 20% of scikit-learn's 1,797 digits
 
 @dataclass
 class Splits:
-    """Train and test images (uint8, one flattened image per row) with int64 labels."""
+    """Train and test images (one flattened image per row: uint8 as read, float32 once normalized) and labels."""
 
     train_images: torch.Tensor
     train_labels: torch.Tensor
@@ -55,6 +63,22 @@ class Splits:
             self.test_labels.to(device),
             self.source,
         )
+
+    def normalized(self) -> Splits:
+        """The same splits with images as the model's inputs (:func:`normalize_pixels`)."""
+        return Splits(
+            normalize_pixels(self.train_images),
+            self.train_labels,
+            normalize_pixels(self.test_images),
+            self.test_labels,
+            self.source,
+        )
+
+
+def normalize_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """Pixels 0-255 (any dtype) to the model's float32 inputs: zero mean, unit variance over MNIST."""
+    # In place on a fresh copy: out of place, the 60,000-image set would briefly need three copies.
+    return pixels.to(torch.float32, copy=True).mul_(1 / 255).sub_(PIXEL_MEAN).mul_(1 / PIXEL_STD)
 
 
 def read_bytes(path: Path) -> bytes:
@@ -268,3 +292,19 @@ def shard_indices(order: torch.Tensor, rank: int, world_size: int) -> torch.Tens
     if total != len(order):
         order = order.repeat(-(-total // len(order)))[:total]
     return order[rank::world_size]
+
+
+def shift_images(images: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """Each square, flattened, normalized image moved by its own random offset of up to ``max_shift``
+    pixels in x and in y; pixels moved in from outside are background (0 before normalizing).
+
+    One gather on the device: cheap next to the matmuls, so augmentation costs ~5% of a CPU step.
+    """
+    n, pixels = images.shape
+    side, wide = math.isqrt(pixels), math.isqrt(pixels) + 2 * max_shift
+    background = -PIXEL_MEAN / PIXEL_STD
+    padded = F.pad(images.view(n, side, side), (max_shift,) * 4, value=background).view(n, wide * wide)
+    grid = torch.arange(side, device=images.device)
+    window = (grid.view(side, 1) * wide + grid.view(1, side)).view(1, pixels)  # the unshifted image
+    offset = torch.randint(0, 2 * max_shift + 1, (n, 2), device=images.device)
+    return padded.gather(1, window + offset[:, :1] * wide + offset[:, 1:])

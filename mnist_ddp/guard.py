@@ -3,6 +3,10 @@
 A signal (SIGTERM, SIGUSR1) only sets a flag. At fixed global steps every rank contributes
 its flag and whether it has seen a non-finite loss or weight to one all_reduce, so all ranks
 take the same decision at the same step and nobody waits in a collective alone.
+
+Inside an epoch the result of a check is read at the next check (:func:`start_check`,
+:func:`finish_check`): reading it at once would make the host wait for the GPU every few
+steps. Before a snapshot is written the ranks agree without that lag (:func:`agree`).
 """
 
 from __future__ import annotations
@@ -67,15 +71,41 @@ def track_loss(first_bad: torch.Tensor, loss: torch.Tensor, step: int) -> torch.
     return torch.where(is_new, torch.full_like(first_bad, step), first_bad)
 
 
-def agree(first_bad: torch.Tensor, model: nn.Module, step: int) -> Decision:
-    """Every rank calls this at the same steps; all return the same Decision (one all_reduce)."""
+@dataclass
+class PendingCheck:
+    """A check whose all_reduce is queued; its result lands in ``flags`` (host memory)."""
+
+    flags: torch.Tensor
+    done: torch.cuda.Event | None  # on CUDA: recorded after the copy to the host
+
+
+def start_check(first_bad: torch.Tensor, model: nn.Module, step: int) -> PendingCheck:
+    """Every rank calls this at the same steps: queue the agreement without waiting for the device."""
     weights_ok = torch.isfinite(torch.stack([p.detach().sum() for p in model.parameters()])).all()
     bad_here = torch.where(weights_ok, first_bad, torch.clamp(first_bad, max=step))
-    stop_here = torch.tensor(float(stop_signal is not None), dtype=torch.float64, device=first_bad.device)
+    stop_here = torch.full((), float(stop_signal is not None), dtype=torch.float64, device=first_bad.device)
     # max over ranks of [stop, -first bad step] = [anyone asked to stop, -(earliest bad step)].
-    flags = all_reduce_max(torch.stack([stop_here, -bad_here.double()])).tolist()
+    flags = all_reduce_max(torch.stack([stop_here, -bad_here.double()]))
+    if flags.device.type != "cuda":
+        return PendingCheck(flags, None)
+    host = flags.to("cpu", non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+    return PendingCheck(host, done)
+
+
+def finish_check(pending: PendingCheck) -> Decision:
+    """The decision of a started check (waits only for that check's own work, long done by now)."""
+    if pending.done is not None:
+        pending.done.synchronize()
+    flags = pending.flags.tolist()
     first_bad_step = int(-flags[1])
     return Decision(stop=flags[0] > 0, first_bad_step=None if first_bad_step >= NO_BAD_STEP else first_bad_step)
+
+
+def agree(first_bad: torch.Tensor, model: nn.Module, step: int) -> Decision:
+    """Every rank calls this at the same steps; all return the same Decision (one all_reduce)."""
+    return finish_check(start_check(first_bad, model, step))
 
 
 def requeue_if_slurm(enabled: bool) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,11 @@ PROCESS_START = process_start_time()
 def seconds_since_start() -> float:
     """Seconds since this process started."""
     return time.time() - PROCESS_START
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB (Linux reports kilobytes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def epoch_record(

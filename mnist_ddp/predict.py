@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from mnist_ddp.data import normalize_pixels
 from mnist_ddp.entry import say
 from mnist_ddp.errors import InputError
 from mnist_ddp.evaluate import read_weights
@@ -72,7 +73,7 @@ def predict_files(model: MLP, files: list[str]) -> int:
             errors += 1
             continue
         with torch.no_grad():
-            probabilities = model(pixels[None]).softmax(dim=1)[0]
+            probabilities = model(normalize_pixels(pixels[None])).softmax(dim=1)[0]
         top = probabilities.topk(3)
         ranked = ", ".join(f"{int(d)}: {p:.3f}" for p, d in zip(top.values, top.indices, strict=True))
         say(f"{name}: {int(top.indices[0])}  ({ranked})")

@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from mnist_ddp import checkpoint, distributed, fault_injection, guard, metrics, plots, tracking
+from mnist_ddp import checkpoint, cuda_graphs, distributed, fault_injection, guard, metrics, tracking
 from mnist_ddp.atomic import atomic_write_text
 from mnist_ddp.config import Config, TrainConfig, parse_args, to_dict, to_yaml
-from mnist_ddp.data import Splits, epoch_permutation, load_splits, prepare_files, shard_indices
+from mnist_ddp.data import Splits, epoch_permutation, load_splits, prepare_files, shard_indices, shift_images
 from mnist_ddp.entry import run_command, say
 from mnist_ddp.errors import InputError
 from mnist_ddp.evaluation import evaluate_across_ranks
@@ -40,7 +40,9 @@ def build_optimizer(params: Any, cfg: TrainConfig, device: torch.device) -> torc
         return torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
         )
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type in ("cuda", "cpu"))
+    return torch.optim.AdamW(
+        params, lr=cfg.lr, betas=(0.9, cfg.beta2), weight_decay=cfg.weight_decay, fused=device.type in ("cuda", "cpu")
+    )
 
 
 def build_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> Any:
@@ -53,6 +55,13 @@ def build_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_ste
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=cfg.lr, total_steps=total_steps, cycle_momentum=cycle_momentum
         )
+    if cfg.schedule == "linear":
+        warmup = max(1, round(cfg.warmup_fraction * total_steps))
+
+        def factor(step: int) -> float:
+            return min((step + 1) / warmup, max(0.0, (total_steps - step) / max(1, total_steps - warmup)))
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     return None
 
 
@@ -64,6 +73,21 @@ def per_rank_batch_size(batch_size: int, world_size: int) -> int:
             f" use a multiple of {world_size}"
         )
     return batch_size // world_size
+
+
+def check_step_options(tc: TrainConfig, per_rank_batch: int, device: torch.device, world_size: int) -> None:
+    """Gradient accumulation and CUDA graphs each need a setting they can work with."""
+    if per_rank_batch % tc.accumulate_steps:
+        raise InputError(
+            f"train.accumulate_steps={tc.accumulate_steps} does not split the {per_rank_batch} images per rank"
+            " per step evenly; use a divisor of train.batch_size / ranks"
+        )
+    if tc.cuda_graphs and (device.type != "cuda" or world_size > 1 or tc.accumulate_steps > 1):
+        raise InputError(
+            "train.cuda_graphs=true needs one CUDA rank and train.accumulate_steps=1"
+            f" (here: {world_size} rank(s) on {device.type}, accumulate_steps={tc.accumulate_steps});"
+            " set train.cuda_graphs=false"
+        )
 
 
 def check_fits_ranks(data: Splits, world_size: int) -> None:
@@ -113,7 +137,10 @@ def seed_everything(seed: int) -> None:
 
 
 def load_data_everywhere(cfg: Config, launch: distributed.Launch, device: torch.device) -> Splits:
-    """Download once per node (local rank 0), then read on every rank; a failure anywhere stops all."""
+    """Download once per node (local rank 0), then read on every rank; a failure anywhere stops all.
+
+    The splits come back on ``device`` with normalized images, ready to index by batch.
+    """
     error = None
     if launch.local_rank == 0:
         try:
@@ -129,7 +156,7 @@ def load_data_everywhere(cfg: Config, launch: distributed.Launch, device: torch.
         error = e
     distributed.raise_unless_all_ok(error, device)
     assert data is not None
-    return data.to(device)
+    return data.to(device).normalized()
 
 
 def resume_state(cfg: Config, run_dir: Path | None, in_features: int, device: torch.device) -> dict | None:
@@ -165,6 +192,7 @@ def train(cfg: Config, launch: distributed.Launch, device: torch.device, backend
     tc, ck, rank, world_size = cfg.train, cfg.checkpoint, launch.rank, launch.world_size
     is_main = rank == 0
     per_rank_batch = per_rank_batch_size(tc.batch_size, world_size)
+    check_step_options(tc, per_rank_batch, device, world_size)
     if tc.threads:
         torch.set_num_threads(tc.threads)
     seed_everything(cfg.seed)
@@ -177,7 +205,10 @@ def train(cfg: Config, launch: distributed.Launch, device: torch.device, backend
     ddp_model = model
     if world_size > 1:
         device_ids = [device.index] if device.type == "cuda" else None
-        ddp_model = DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True)
+        ddp_model = DistributedDataParallel(
+            model, device_ids=device_ids, gradient_as_bucket_view=True, bucket_cap_mb=cfg.dist.bucket_cap_mb
+        )
+        distributed.register_comm_hook(ddp_model, cfg.dist.comm_hook, cfg.dist.powersgd_rank)
     forward = torch.compile(ddp_model) if tc.compile else ddp_model
 
     # Every rank's shard has the same length (padded), hence the same number of steps.
@@ -187,6 +218,31 @@ def train(cfg: Config, launch: distributed.Launch, device: torch.device, backend
     schedule = build_schedule(optimizer, tc, tc.epochs * steps_per_epoch)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if tc.bf16 else nullcontext()
     fault = fault_injection.planned_fault(rank)
+
+    def batch_loss(batch: torch.Tensor) -> torch.Tensor:
+        """Mean loss over the images at indices ``batch`` (shifted when train.augment_shift > 0)."""
+        images = data.train_images[batch]
+        if tc.augment_shift:
+            images = shift_images(images, tc.augment_shift)
+        with autocast:
+            logits = forward(images).float()
+        return F.cross_entropy(logits, data.train_labels[batch], label_smoothing=tc.label_smoothing)
+
+    def loss_and_grads(batch: torch.Tensor) -> torch.Tensor:
+        """Gradients of the batch's mean loss into .grad, from accumulate_steps micro-batches.
+
+        DDP all-reduces the gradients during the last micro-batch's backward only (no_sync).
+        """
+        parts = batch.split(len(batch) // tc.accumulate_steps if len(batch) >= tc.accumulate_steps else 1)
+        total = torch.zeros((), device=device)
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            with nullcontext() if last or world_size == 1 else ddp_model.no_sync():
+                loss = batch_loss(part) * (len(part) / len(batch))
+                loss = fault_injection.inject(fault, global_step, loss)
+                loss.backward()  # DDP averages the gradients across ranks here (last micro-batch)
+            total += loss.detach()
+        return total
 
     run_dir = choose_run_dir(cfg) if is_main else None
     resumed = resume_state(cfg, run_dir, data.in_features, device)
@@ -246,36 +302,54 @@ def train(cfg: Config, launch: distributed.Launch, device: torch.device, backend
         distributed.barrier()
         return path
 
-    def check(epoch: int, step_in_epoch: int, loss_sum: torch.Tensor, snapshot_due: bool) -> None:
-        """The ranks agree on NaN/inf and stop requests, then snapshot and stop as agreed."""
-        decision = guard.agree(first_bad, model, global_step)
+    def loss_sum_so_far(step_in_epoch: int) -> torch.Tensor:
+        """Sum of this rank's training losses over the epoch's first ``step_in_epoch`` steps."""
+        done = slice(skip_steps, step_in_epoch)
+        return (step_losses[done] * batch_sizes[done]).sum() + loss_carry
+
+    def act_on(decision: guard.Decision, epoch: int, step_in_epoch: int, loss_sum: torch.Tensor) -> None:
+        """Stop as every rank agreed: on NaN/inf without a snapshot, on a stop signal after one."""
         if decision.first_bad_step is not None:
             raise guard.Diverged(
                 f"non-finite loss or weights at step {decision.first_bad_step} (epoch {epoch}); stopped without"
                 f" writing a snapshot, the last good one stays in {checkpoint.snapshot_dir(Path(cfg.run.dir))};"
                 f" lower train.lr (now {tc.lr}) or turn off train.bf16"
             )
-        if not (snapshot_due or decision.stop):
+        if not decision.stop:
             return
         path = snapshot(epoch, step_in_epoch, loss_sum)
-        if decision.stop:
-            if world_size > 1:
-                say(f"rank {rank}: stopping at global step {global_step}", sys.stderr)
-            if is_main:
-                guard.requeue_if_slurm(ck.requeue)
-            raise guard.Preempted(
-                f"stop signal received: snapshot {path} at global step {global_step};"
-                " run the same command again to resume"
-            )
+        if world_size > 1:
+            say(f"rank {rank}: stopping at global step {global_step}", sys.stderr)
+        if is_main:
+            guard.requeue_if_slurm(ck.requeue)
+        raise guard.Preempted(
+            f"stop signal received: snapshot {path} at global step {global_step}; run the same command again to resume"
+        )
+
+    def check_now(epoch: int, step_in_epoch: int, loss_sum: torch.Tensor, pending: guard.PendingCheck | None) -> None:
+        """Agree at once (before a snapshot: it must not hold NaN), then snapshot, or stop as agreed."""
+        if pending is not None:
+            guard.finish_check(pending)  # superseded: the agreement below sees everything it saw
+        decision = guard.agree(first_bad, model, global_step)
+        act_on(decision, epoch, step_in_epoch, loss_sum)
+        snapshot(epoch, step_in_epoch, loss_sum)
 
     try:
         first_bad = torch.full((), guard.NO_BAD_STEP, dtype=torch.int64, device=device)
-        counts = None
+        graphed_step = None
+        if tc.cuda_graphs:
+            graphed_step = cuda_graphs.capture_loss_and_grads(batch_loss, per_rank_batch, model, device)
+        # Host-side values only in the loop: the losses stay on the device until the epoch ends.
+        step_losses = torch.zeros(steps_per_epoch, device=device)
+        batch_sizes = torch.full((steps_per_epoch,), float(per_rank_batch), device=device)
+        batch_sizes[-1] = shard_len - (steps_per_epoch - 1) * per_rank_batch
+        counts, pending = None, None
         while epoch <= tc.epochs:
             model.train()
             order = epoch_permutation(len(data.train_labels), cfg.seed, epoch).to(device)
             shard = shard_indices(order, rank, world_size)
-            loss_sum = torch.full((), loss_carry, device=device)
+            step_losses.zero_()
+            logged_lrs: dict[int, float] = {}  # global step -> lr, for the steps whose loss is logged
             started = time.perf_counter()
             bar = tqdm(
                 total=steps_per_epoch,
@@ -286,30 +360,44 @@ def train(cfg: Config, launch: distributed.Launch, device: torch.device, backend
             )
             for step_in_epoch in range(skip_steps + 1, steps_per_epoch + 1):
                 batch = shard[(step_in_epoch - 1) * per_rank_batch : step_in_epoch * per_rank_batch]
-                images, labels = data.train_images[batch], data.train_labels[batch]
-                with autocast:
-                    loss = F.cross_entropy(forward(images).float(), labels)
-                loss = fault_injection.inject(fault, global_step, loss)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()  # DDP averages the gradients across ranks here
+                if graphed_step is not None and len(batch) == per_rank_batch:
+                    loss = graphed_step(batch)
+                else:
+                    # With CUDA graphs the .grad tensors belong to the graph: zero them, keep them.
+                    optimizer.zero_grad(set_to_none=graphed_step is None)
+                    loss = loss_and_grads(batch)
                 optimizer.step()
                 if schedule is not None:
                     schedule.step()
-                loss_sum += loss.detach() * len(batch)
+                step_losses[step_in_epoch - 1] = loss.detach()
                 first_bad = guard.track_loss(first_bad, loss.detach(), global_step)
                 global_step += 1
                 bar.update()
                 if is_main and global_step % cfg.log.every_steps == 0:
-                    step_loss, lr = loss.item(), optimizer.param_groups[0]["lr"]  # rank 0 alone: no collective
-                    tracking.log(wandb_run, {"train/loss": step_loss, "train/lr": lr}, global_step)
-                    bar.set_postfix(loss=f"{step_loss:.4f}")
+                    logged_lrs[global_step] = optimizer.param_groups[0]["lr"]
                 snapshot_due = ck.every_steps > 0 and global_step % ck.every_steps == 0
-                if snapshot_due or global_step % ck.check_every_steps == 0:
-                    check(epoch, step_in_epoch, loss_sum, snapshot_due)
+                if snapshot_due:
+                    check_now(epoch, step_in_epoch, loss_sum_so_far(step_in_epoch), pending)
+                    pending = None
+                elif global_step % ck.check_every_steps == 0:
+                    # Act on the previous check's result and queue this one: no waiting on the device.
+                    if pending is not None:
+                        act_on(guard.finish_check(pending), epoch, step_in_epoch, loss_sum_so_far(step_in_epoch))
+                    pending = guard.start_check(first_bad, model, global_step)
             bar.close()
+            if pending is not None:
+                guard.finish_check(pending)  # superseded by the epoch-end check below
+                pending = None
             trained = (steps_per_epoch - skip_steps) * per_rank_batch * world_size
+            loss_sum = loss_sum_so_far(steps_per_epoch)
             train_loss = distributed.all_reduce_sum(loss_sum).item() / (shard_len * world_size)
             train_seconds = time.perf_counter() - started
+            if is_main and logged_lrs:  # the epoch's one transfer of per-step losses
+                losses = step_losses.tolist()
+                first = global_step - (steps_per_epoch - skip_steps) + 1  # global step of this epoch's first step
+                for step, lr in logged_lrs.items():
+                    index = step - first + skip_steps
+                    tracking.log(wandb_run, {"train/loss": losses[index], "train/lr": lr}, step)
 
             # On the unwrapped module: a DDP forward outside training would prepare a gradient sync.
             counts = evaluate_across_ranks(
@@ -322,7 +410,7 @@ def train(cfg: Config, launch: distributed.Launch, device: torch.device, backend
                 print(metrics.format_epoch_line(records[-1], tc.epochs), flush=True)
                 tracking.log(wandb_run, tracking.epoch_values(records[-1], counts.per_class_accuracy), global_step)
             epoch, skip_steps, loss_carry = epoch + 1, 0, 0.0
-            check(epoch, 0, torch.zeros((), device=device), snapshot_due=True)
+            check_now(epoch, 0, torch.zeros((), device=device), None)
 
         if counts is None:  # resumed from a snapshot taken after the last epoch
             counts = evaluate_across_ranks(
@@ -330,13 +418,20 @@ def train(cfg: Config, launch: distributed.Launch, device: torch.device, backend
             )
         if fault_injection.print_hash_requested():
             say(f"parameter_hash rank={rank} {parameter_hash(model)}")
+        peak_rss = distributed.all_gather_tensors(torch.tensor([metrics.peak_rss_mb()], device=device))
         if not is_main:
             return {}
         checkpoint.save_model(run_dir / "model.pt", model, to_dict(cfg), data.in_features)
         summary = metrics.build_summary(records, counts, world_size)
-        summary |= {"backend": backend if world_size > 1 else "none", "per_rank_batch_size": per_rank_batch}
+        summary |= {
+            "backend": backend if world_size > 1 else "none",
+            "per_rank_batch_size": per_rank_batch,
+            "peak_rss_mb_per_rank": [round(float(r.item()), 1) for r in peak_rss],
+        }
         metrics.write_summary(run_dir, summary)
         if cfg.log.plots:
+            from mnist_ddp import plots  # matplotlib: half a second of import, after the training
+
             figures = plots.write_run_plots(
                 records, counts, model, data.test_images, data.test_labels, run_dir / "plots"
             )

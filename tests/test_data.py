@@ -480,3 +480,20 @@ def test_splits_to_keeps_dtypes(tmp_path, device):
         if device == "cpu":
             assert torch.equal(after, before)
     assert moved.source == splits.source and moved.in_features == 784
+
+
+def test_shift_images_moves_each_image_by_at_most_max_shift_and_fills_background():
+    torch.manual_seed(0)
+    dot = torch.zeros(1, 28 * 28)
+    dot[0, 14 * 28 + 14] = 255
+    images = data.normalize_pixels(dot).repeat(2000, 1)
+    shifted = data.shift_images(images, 2)
+    assert shifted.shape == images.shape
+    background = data.normalize_pixels(torch.zeros(1))[0]
+    positions = shifted.argmax(dim=1)
+    rows, cols = positions // 28 - 14, positions % 28 - 14
+    # Exactly one bright pixel survives per image, within 2 pixels of where it was, every offset used.
+    assert torch.equal((shifted > background + 1).sum(dim=1), torch.ones(2000, dtype=torch.long))
+    assert set(zip(rows.tolist(), cols.tolist(), strict=True)) == {(y, x) for y in range(-2, 3) for x in range(-2, 3)}
+    assert torch.isclose(shifted[shifted < background + 1], background).all()
+    assert torch.equal(data.shift_images(images, 0), images)

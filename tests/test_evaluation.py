@@ -14,7 +14,7 @@ from mnist_ddp.model import MLP
 def scored():
     torch.manual_seed(1)
     model = MLP(64, [32], dropout=0.5)
-    images = torch.randint(0, 256, (101, 64), dtype=torch.uint8)
+    images = torch.randn(101, 64)
     labels = torch.randint(0, 10, (101,))
     return model, images, labels
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
-from mnist_ddp.model import MLP, parameter_count
+from mnist_ddp.data import PIXEL_MEAN, PIXEL_STD, normalize_pixels
+from mnist_ddp.model import MLP, BitsDropout, parameter_count
 
 
 def test_blog_architecture_and_parameter_count():
@@ -23,24 +25,41 @@ def test_blog_architecture_and_parameter_count():
     assert parameter_count(model) == expected == 383_242
     # Dropout sits right before the last layer, after the last ReLU.
     layers = list(model.layers)
-    assert isinstance(layers[-2], nn.Dropout) and layers[-2].p == 0.5 and isinstance(layers[-3], nn.ReLU)
+    assert isinstance(layers[-2], BitsDropout) and layers[-2].p == 0.5 and isinstance(layers[-3], nn.ReLU)
 
 
-def test_returns_logits_of_shape_batch_by_10_from_uint8():
+def test_returns_logits_of_shape_batch_by_10():
     model = MLP(64, [32, 16], dropout=0.0)
     pixels = torch.randint(0, 256, (5, 64), dtype=torch.uint8)
-    logits = model(pixels)
+    logits = model(normalize_pixels(pixels))
     assert logits.shape == (5, 10) and logits.dtype == torch.float32
     # Logits, not log-probabilities: they do not already sum to one under exp.
     assert not torch.allclose(logits.exp().sum(dim=1), torch.ones(5), atol=1e-3)
-    # uint8 and the same values as float give the same output.
-    assert torch.allclose(model(pixels.float()), logits)
+
+
+def test_normalize_pixels_matches_the_formula_and_leaves_its_input_alone():
+    pixels = torch.tensor([[0.0, 255.0, 51.0]])
+    x = normalize_pixels(pixels)
+    assert torch.allclose(x, (pixels / 255 - PIXEL_MEAN) / PIXEL_STD)
+    assert pixels.tolist() == [[0.0, 255.0, 51.0]]  # a copy, not in place
+    assert torch.equal(normalize_pixels(pixels.to(torch.uint8)), x)
+
+
+@pytest.mark.parametrize("p", [0.5, 0.1, 0.9])
+def test_bits_dropout_drops_a_fraction_p_and_keeps_the_mean(p):
+    torch.manual_seed(0)
+    drop = BitsDropout(p).train()
+    out = drop(torch.ones(400, 1000))
+    dropped = (out == 0).float().mean().item()
+    assert abs(dropped - p) < 0.005
+    assert abs(out.mean().item() - 1) < 0.02  # survivors are scaled by 1 / (1 - p)
+    assert torch.equal(BitsDropout(0.0).train()(out), out)
 
 
 def test_dropout_only_in_training():
     torch.manual_seed(0)
     model = MLP(784, [256, 128], dropout=0.5)
-    x = torch.randint(0, 256, (8, 784), dtype=torch.uint8)
+    x = torch.randn(8, 784)
     model.eval()
     assert torch.equal(model(x), model(x))
     model.train()

@@ -41,6 +41,22 @@ def test_onecycle_peaks_at_lr_and_ends_near_zero():
     assert max(lrs) == pytest.approx(0.01, rel=1e-3) and lrs[-1] < 1e-5
 
 
+def test_linear_schedule_warms_up_then_decays_to_zero():
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    cfg = TrainConfig(lr=0.01, schedule="linear", warmup_fraction=0.1)
+    optimizer = build_optimizer(params, cfg, torch.device("cpu"))
+    schedule = build_schedule(optimizer, cfg, total_steps=100)
+    lrs = []
+    for _ in range(100):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert lrs[0] == pytest.approx(0.001) and lrs[9] == pytest.approx(0.01) == max(lrs)
+    assert lrs[:10] == sorted(lrs[:10]) and lrs[9:] == sorted(lrs[9:], reverse=True)
+    assert lrs[-1] == pytest.approx(0.01 / 90) and optimizer.param_groups[0]["lr"] == 0
+    assert optimizer.param_groups[0]["betas"] == (0.9, cfg.beta2)
+
+
 def test_onecycle_leaves_plain_sgd_without_momentum():
     params = [torch.nn.Parameter(torch.zeros(1))]
     cfg = TrainConfig(optimizer="sgd", lr=0.01, momentum=0.0, schedule="onecycle")
@@ -87,7 +103,7 @@ def test_smoke_run_learns_digits_and_writes_every_output(tmp_path):
     saved = torch.load(run_dir / "model.pt", weights_only=True)
     model = MLP(saved["in_features"], saved["config"]["model"]["hidden"], saved["config"]["model"]["dropout"])
     model.load_state_dict(saved["state_dict"])
-    data = load_splits(DataConfig(dataset="digits"), seed=0)
+    data = load_splits(DataConfig(dataset="digits"), seed=0).normalized()
     counts = evaluate(model, data.test_images, data.test_labels, 1000)
     assert counts.accuracy == summary["test_accuracy"]
     # The resolved config is written and loads back as the same run.
@@ -116,6 +132,8 @@ def test_default_run_dir_is_a_timestamped_folder_under_runs(tmp_path):
     [
         (["train.batchsize=5"], "error: unknown config key 'train.batchsize' (command line); did you mean"),
         (["train.batch_size=0"], "error: config key 'train.batch_size' is 0; it must be at least 1"),
+        (["train.cuda_graphs=true", "train.device=cpu"], "error: train.cuda_graphs=true needs one CUDA rank"),
+        (["train.accumulate_steps=3"], "error: train.accumulate_steps=3 does not split the 512 images per rank"),
         (["--config", "missing.yaml"], "error: config file missing.yaml does not exist"),
         (["data.download=false"], "error: MNIST files missing from"),
         (["data.format=mat"], "mnist-original.mat does not exist"),

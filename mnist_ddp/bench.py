@@ -1,0 +1,247 @@
+"""Speed benchmark: ``python -m mnist_ddp.bench [--quick] [--out FILE] [key=value ...]``.
+
+One invocation on one machine measures, each in its own process:
+
+- the machine's limit: fp32 and bf16 matmul GFLOP/s at the model's shapes (forward, and both
+  backward products, of every layer), for one process with torch's default threads and for
+  two single-thread processes at once (what 2 DDP ranks get);
+- ``seed-loop``: the blog's loop as written (a DataLoader over a TensorDataset, batch 100,
+  SGD lr 0.01, fp32, 50,000 training images);
+- mnist_ddp's default config in one process, timed from process start to 97.4% and 98.0%;
+- mnist_ddp under torchrun, 2 ranks x 1 thread (gloo), at the default global batch, plain and
+  with each DDP option.
+
+Every row shows samples/s, seconds per 60,000-image epoch, its fraction of the limit
+(samples/s over GFLOP/s / (6 x parameters)), and the peak resident memory of each process.
+The table goes to stdout and everything to ``--out`` (JSON). Extra ``key=value`` overrides
+(``data.root=...``) go to every training run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from mnist_ddp.config import load_config
+from mnist_ddp.errors import InputError
+
+# The model's layer widths (the blog's MLP).
+WIDTHS = [784, 256, 256, 256, 128, 128, 10]
+PARAMETERS = sum(i * o + o for i, o in itertools.pairwise(WIDTHS))
+FLOPS_PER_SAMPLE = 6 * PARAMETERS  # forward 2, backward 4 multiply-adds per weight
+EPOCH_IMAGES = 60_000
+
+# (row name, overrides) for the 2-rank rows, each at the default global batch.
+DDP_ROWS = [
+    ("ddp 2x1 plain", []),
+    ("ddp 2x1 bucket 1 MB", ["dist.bucket_cap_mb=1"]),
+    ("ddp 2x1 bf16 hook", ["dist.comm_hook=bf16"]),
+    ("ddp 2x1 powersgd r2", ["dist.comm_hook=powersgd"]),
+    ("ddp 2x1 accumulate 2", ["train.accumulate_steps=2"]),
+]
+
+
+def matmul_gflops(dtype_name: str, batch: int, repeats: int) -> float:
+    """Best GFLOP/s over ``repeats`` timings of one training step's matmuls at the model's shapes."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    shapes = list(itertools.pairwise(WIDTHS))
+    tensors = [
+        (torch.randn(batch, i, dtype=dtype), torch.randn(o, i, dtype=dtype), torch.randn(batch, o, dtype=dtype))
+        for i, o in shapes
+    ]
+
+    def step() -> None:
+        for x, w, dy in tensors:
+            torch.mm(x, w.t())  # forward
+            torch.mm(dy, w)  # gradient of the input
+            torch.mm(dy.t(), x)  # gradient of the weight
+
+    step()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        step()
+        best = min(best, time.perf_counter() - started)
+    return 6 * batch * sum(i * o for i, o in shapes) / best / 1e9
+
+
+def seed_loop(steps: int) -> dict[str, float]:
+    """The blog's training loop, timed over ``steps`` batches of 100 (random pixels: speed only)."""
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    images, labels = torch.rand(50_000, 784), torch.randint(0, 10, (50_000,))
+    layers: list[nn.Module] = []
+    for i, o in itertools.pairwise(WIDTHS[:-1]):
+        layers += [nn.Linear(i, o), nn.ReLU()]
+    model = nn.Sequential(*layers, nn.Dropout(0.5), nn.Linear(WIDTHS[-2], 10), nn.LogSoftmax(dim=1))
+    loader = DataLoader(TensorDataset(images, labels), batch_size=100, shuffle=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    criterion = nn.CrossEntropyLoss()
+    started = 0.0
+    for done, (x, y) in enumerate(loader):
+        if done == 5:  # the first batches pay for one-off set-up
+            started = time.perf_counter()
+        if done == steps + 5:
+            break
+        optimizer.zero_grad()
+        loss = criterion(model(x), y)
+        loss.backward()
+        optimizer.step()
+    seconds = time.perf_counter() - started
+    return {"samples_per_second": 100 * steps / seconds, "seconds_per_epoch": 50_000 / (100 * steps / seconds)}
+
+
+def worker(kind: str, argument: int) -> None:
+    """Run one measurement in this (fresh) process and print it as JSON."""
+    import resource
+
+    import torch
+
+    if kind == "limit":
+        torch.set_num_threads(argument)
+        result: dict[str, Any] = {
+            "fp32": matmul_gflops("float32", 512, 30),
+            "bf16": matmul_gflops("bfloat16", 512, 3),
+        }
+    else:
+        result = seed_loop(argument)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+
+
+def run_worker(kind: str, argument: int, concurrent: int = 1) -> list[dict[str, Any]]:
+    """Start ``concurrent`` copies of a worker at once; their JSON results."""
+    command = [sys.executable, "-m", "mnist_ddp.bench", f"--worker={kind}:{argument}"]
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(concurrent)]
+    results = []
+    for p in procs:
+        out, _ = p.communicate()
+        if p.returncode != 0:
+            raise SystemExit(f"error: benchmark worker {kind} failed (exit {p.returncode})")
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
+
+
+def train_row(name: str, ranks: int, overrides: list[str], folder: Path) -> dict[str, Any]:
+    """Run mnist_ddp.train (under torchrun when ranks > 1) and read back what it measured."""
+    run_dir = folder / name.replace(" ", "_")
+    args = ["-m", "mnist_ddp.train", f"run.dir={run_dir}", "wandb.mode=disabled", "log.plots=false", *overrides]
+    if ranks > 1:
+        args = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}", *args]
+    result = subprocess.run([sys.executable, *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise SystemExit(f"error: benchmark run '{name}' failed (exit {result.returncode}): {tail}")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    # The first epoch pays for warm-up (allocations, thread pools); later epochs are the steady state.
+    steady = sorted(r["samples_per_second"] for r in records[1:] or records)
+    rate = steady[len(steady) // 2]
+    return {
+        "name": name,
+        "ranks": ranks,
+        "overrides": overrides,
+        "samples_per_second": rate,
+        "seconds_per_epoch": EPOCH_IMAGES / rate,
+        "seconds_to_accuracy": summary["seconds_to_accuracy"],
+        "final_accuracy": summary["test_accuracy"],
+        "peak_rss_mb": summary["peak_rss_mb_per_rank"],
+    }
+
+
+def format_table(rows: list[dict[str, Any]], limit: dict[str, Any]) -> str:
+    """The results as a fixed-width text table."""
+    lines = [
+        f"machine limit, fp32 matmuls at the model's shapes (batch 512): {limit['fp32_1x']:.1f} GFLOP/s in 1 process,"
+        f" {limit['fp32_2x1']:.1f} GFLOP/s for 2 single-thread processes together; bf16: {limit['bf16_1x']:.1f}"
+        f" GFLOP/s. {FLOPS_PER_SAMPLE / 1e6:.2f} MFLOP per sample (6 x {PARAMETERS:,} parameters).",
+        "",
+        f"{'row':<24} {'samples/s':>10} {'s/epoch':>8} {'of limit':>9} {'x floor':>8} {'to 97.4%':>9}"
+        f" {'to 98.0%':>9} {'final':>7} {'vs 1 proc':>9}  peak RSS MB",
+    ]
+
+    def cell(value: float | None, fmt: str, width: int) -> str:
+        return f"{'-':>{width}}" if value is None else f"{value:{width}{fmt}}"
+
+    for r in rows:
+        reached = r.get("seconds_to_accuracy") or {}
+        lines.append(
+            f"{r['name']:<24} {r['samples_per_second']:>10,.0f} {r['seconds_per_epoch']:>8.2f}"
+            f" {cell(r.get('fraction_of_limit'), '.0%', 9)} {cell(r.get('times_floor'), '.2f', 8)}"
+            f" {cell(reached.get('0.974'), '.1f', 9)} {cell(reached.get('0.980'), '.1f', 9)}"
+            f" {cell(r.get('final_accuracy'), '.2%', 7)} {cell(r.get('vs_one_process'), '.2f', 9)}"
+            f"  {', '.join(f'{m:.0f}' for m in r['peak_rss_mb'])}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(prog="python -m mnist_ddp.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 epochs, 1 DDP row: a check that it runs")
+    parser.add_argument("--out", default="bench.json", help="JSON results file (default: bench.json)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every training run")
+    args = parser.parse_args(argv)
+    if args.worker:
+        kind, _, argument = args.worker.partition(":")
+        worker(kind, int(argument))
+        return 0
+
+    try:
+        load_config(None, args.overrides)  # a bad override fails here, before minutes of measuring
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    limit_1x = run_worker("limit", os.cpu_count() or 1)[0]
+    limit_2x1 = run_worker("limit", 1, concurrent=2)
+    limit = {
+        "fp32_1x": limit_1x["fp32"],
+        "bf16_1x": limit_1x["bf16"],
+        "fp32_2x1": sum(r["fp32"] for r in limit_2x1),
+        "peak_rss_mb": limit_1x["peak_rss_mb"],
+    }
+    seed = run_worker("seed", 50 if args.quick else 500)[0]
+    rows: list[dict[str, Any]] = [
+        {"name": "seed-loop (blog)", "ranks": 1, **seed, "peak_rss_mb": [seed["peak_rss_mb"]]},
+    ]
+    epochs = ["train.epochs=2"] if args.quick else []
+    ddp_epochs = ["train.epochs=2"] if args.quick else ["train.epochs=3"]
+    with tempfile.TemporaryDirectory(prefix="mnist_ddp_bench_") as tmp:
+        one = train_row("mnist_ddp default", 1, [*epochs, *args.overrides], Path(tmp))
+        rows.append(one)
+        for name, options in DDP_ROWS[:1] if args.quick else DDP_ROWS:
+            rows.append(train_row(name, 2, ["train.threads=1", *ddp_epochs, *options, *args.overrides], Path(tmp)))
+        if not args.quick:
+            rows.append(train_row("ddp 2x2 threads", 2, ["train.threads=2", *ddp_epochs, *args.overrides], Path(tmp)))
+    for r in rows:
+        limit_gflops = limit["fp32_2x1"] if r["ranks"] > 1 else limit["fp32_1x"]
+        limit_rate = limit_gflops * 1e9 / FLOPS_PER_SAMPLE
+        r["fraction_of_limit"] = r["samples_per_second"] / limit_rate
+        if r["name"] == "mnist_ddp default":
+            r["times_floor"] = r["seconds_per_epoch"] / (EPOCH_IMAGES / limit_rate)
+        if r["ranks"] > 1:
+            r["vs_one_process"] = r["samples_per_second"] / one["samples_per_second"]
+    table = format_table(rows, limit)
+    print(table)
+    Path(args.out).write_text(json.dumps({"limit": limit, "rows": rows, "table": table}, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
