@@ -60,16 +60,16 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = doc("passes over the training set", 10)
+    epochs: int = doc("passes over the training set", 4)
     batch_size: int = doc("global batch size (split evenly across ranks)", 512)
     optimizer: str = doc("sgd | adamw", "adamw")
-    lr: float = doc("learning rate (the peak rate for onecycle)", 3e-3)
+    lr: float = doc("learning rate (the peak rate for onecycle and linear)", 6e-3)
     momentum: float = doc("sgd momentum", 0.0)
     nesterov: bool = doc("sgd Nesterov momentum (needs momentum > 0)", False)
     weight_decay: float = doc("weight decay (decoupled for adamw)", 0.01)
-    beta2: float = doc("adamw's second-moment decay (beta1 is 0.9)", 0.999)
-    label_smoothing: float = doc("cross-entropy label smoothing, in [0, 1)", 0.0)
-    schedule: str = doc("none | cosine | onecycle | linear (warm up, then decay to 0), stepped every batch", "onecycle")
+    beta2: float = doc("adamw's second-moment decay (beta1 is 0.9)", 0.95)
+    label_smoothing: float = doc("cross-entropy label smoothing, in [0, 1)", 0.1)
+    schedule: str = doc("none | cosine | onecycle | linear (warm up, then decay to 0), stepped every batch", "linear")
     warmup_fraction: float = doc("share of all steps spent warming up (linear schedule), in [0, 1)", 0.1)
     augment_shift: int = doc("shift each training image by up to N pixels in x and y, anew every step (0: off)", 0)
     accumulate_steps: int = doc(
