@@ -102,7 +102,9 @@ class CheckpointConfig:
 
 @dataclass
 class WandbConfig:
-    mode: str = doc("auto (online if $WANDB_API_KEY is set, else offline) | online | offline | disabled", "auto")
+    mode: str = doc(
+        "auto ($WANDB_MODE if set, else online with $WANDB_API_KEY, else offline) | online | offline | disabled", "auto"
+    )
     project: str = doc("Weights & Biases project", "mnist_ddp")
     entity: str = doc("Weights & Biases entity (team or user); empty: your default", "")
     name: str = doc("run name; empty: wandb picks one", "")

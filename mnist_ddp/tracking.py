@@ -14,10 +14,12 @@ from mnist_ddp.config import Config, to_dict
 
 
 def resolved_mode(mode: str) -> str:
-    """'auto' means online with an API key and offline without, so no account is ever needed."""
-    if mode == "auto":
-        return "online" if os.environ.get("WANDB_API_KEY") else "offline"
-    return mode
+    """'auto' follows $WANDB_MODE when set, else online with an API key and offline without it."""
+    if mode != "auto":
+        return mode
+    if os.environ.get("WANDB_MODE") in ("online", "offline", "disabled"):
+        return os.environ["WANDB_MODE"]
+    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
 
 
 def start(cfg: Config, run_dir: Path, resume_id: str | None) -> Any:

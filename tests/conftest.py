@@ -9,6 +9,10 @@ from pathlib import Path
 
 import pytest
 
+# Every command the tests start runs without wandb (its start-up and shut-down cost ~2 s a run);
+# tests/test_tracking.py asks for offline runs explicitly.
+os.environ["WANDB_MODE"] = "disabled"
+
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")

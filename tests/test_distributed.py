@@ -26,7 +26,7 @@ from mnist_ddp.model import MLP
 from mnist_ddp.train import per_rank_batch_size
 
 SMOKE = str(CONFIGS / "smoke.yaml")
-OUTPUTS = ["checkpoints", "config.yaml", "metrics.jsonl", "model.pt", "plots", "summary.json", "wandb"]
+OUTPUTS = ["checkpoints", "config.yaml", "metrics.jsonl", "model.pt", "plots", "summary.json"]
 
 
 def test_torchrun_environment():

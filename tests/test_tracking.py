@@ -16,10 +16,14 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 
 def test_auto_mode_is_offline_without_an_api_key(monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
     assert tracking.resolved_mode("auto") == "offline"
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     assert tracking.resolved_mode("auto") == "online"
     assert tracking.resolved_mode("disabled") == "disabled"
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # wandb's own variable wins over the key
+    assert tracking.resolved_mode("auto") == "disabled"
+    assert tracking.resolved_mode("offline") == "offline"  # an explicit mode wins over both
 
 
 def test_epoch_values_use_sections():
@@ -36,7 +40,7 @@ def run(tmp_path, *args):
 
 def test_two_ranks_offline_make_exactly_one_run_with_epoch_history(tmp_path):
     run_dir = tmp_path / "run"
-    result = run(tmp_path, f"run.dir={run_dir}", "log.every_steps=5")
+    result = run(tmp_path, f"run.dir={run_dir}", "log.every_steps=5", "wandb.mode=offline")
     assert result.returncode == 0, result.stderr[-3000:]
     (folder,) = (run_dir / "wandb").glob("offline-run-*")  # one run, from rank 0
     assert not list(tmp_path.glob("wandb")) and not list(tmp_path.glob("**/run-*/wandb"))
@@ -55,7 +59,7 @@ def test_two_ranks_offline_make_exactly_one_run_with_epoch_history(tmp_path):
 
 def test_disabled_creates_no_wandb_folder(tmp_path):
     run_dir = tmp_path / "run"
-    result = run(tmp_path, f"run.dir={run_dir}", "wandb.mode=disabled")
+    result = run(tmp_path, f"run.dir={run_dir}", "wandb.mode=disabled")  # (not only via $WANDB_MODE)
     assert result.returncode == 0, result.stderr[-3000:]
     assert not (run_dir / "wandb").exists() and not (tmp_path / "wandb").exists()
     assert (run_dir / "summary.json").is_file()

@@ -14,7 +14,7 @@ from mnist_ddp.evaluation import evaluate
 from mnist_ddp.model import MLP
 from mnist_ddp.train import build_optimizer, build_schedule
 
-OUTPUTS = ["checkpoints", "config.yaml", "metrics.jsonl", "model.pt", "plots", "summary.json", "wandb"]
+OUTPUTS = ["checkpoints", "config.yaml", "metrics.jsonl", "model.pt", "plots", "summary.json"]
 SUMMARY_KEYS = {
     "test_accuracy",
     "best_test_accuracy",
