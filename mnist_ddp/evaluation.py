@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnist_ddp.data import NUM_CLASSES
+from mnist_ddp.data import NUM_CLASSES, normalize_pixels
 from mnist_ddp.distributed import all_reduce_sum
 
 
@@ -51,6 +51,8 @@ class EvalCounts:
 def count_tensor(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Counts as one float64 tensor on the images' device, laid out for a single all_reduce.
 
+    ``images`` are pixels 0-255 (uint8 as loaded), normalized here one batch at a time.
+
     Layout: [loss_sum, confusion matrix (10 x 10, row = true class, column = prediction)].
     """
     counts = torch.zeros(1 + NUM_CLASSES * NUM_CLASSES, dtype=torch.float64, device=images.device)
@@ -59,7 +61,7 @@ def count_tensor(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, b
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
             x, y = images[start : start + batch_size], labels[start : start + batch_size]
-            logits = model(x).float()
+            logits = model(normalize_pixels(x)).float()
             counts[0] += F.cross_entropy(logits, y, reduction="sum").double()
             cell = y * NUM_CLASSES + logits.argmax(dim=1)
             counts[1:] += torch.bincount(cell, minlength=NUM_CLASSES * NUM_CLASSES).double()

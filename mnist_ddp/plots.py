@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from mnist_ddp.atomic import atomic_write
+from mnist_ddp.data import normalize_pixels
 from mnist_ddp.evaluation import EvalCounts
 
 
@@ -98,7 +99,9 @@ def write_run_plots(
     """Every figure for a run (learning curves only when there are epoch records)."""
     model.eval()
     with torch.no_grad():
-        predicted = torch.cat([model(images[i : i + 4096]).argmax(dim=1) for i in range(0, len(images), 4096)])
+        predicted = torch.cat(
+            [model(normalize_pixels(images[i : i + 4096])).argmax(dim=1) for i in range(0, len(images), 4096)]
+        )
     # The first test digits, with up to 8 of the model's mistakes among them so they can be seen.
     wrong = torch.nonzero(predicted != labels).flatten()[:8]
     right = torch.nonzero(predicted == labels).flatten()[: 32 - len(wrong)]

@@ -27,7 +27,15 @@ from tqdm import tqdm
 from mnist_ddp import checkpoint, cuda_graphs, distributed, fault_injection, guard, metrics, tracking
 from mnist_ddp.atomic import atomic_write_text
 from mnist_ddp.config import Config, TrainConfig, parse_args, to_dict, to_yaml
-from mnist_ddp.data import Splits, epoch_permutation, load_splits, prepare_files, shard_indices, shift_images
+from mnist_ddp.data import (
+    Splits,
+    epoch_permutation,
+    load_splits,
+    normalize_pixels,
+    prepare_files,
+    shard_indices,
+    shift_images,
+)
 from mnist_ddp.entry import run_command, say
 from mnist_ddp.errors import InputError
 from mnist_ddp.evaluation import evaluate_across_ranks
@@ -137,10 +145,7 @@ def seed_everything(seed: int) -> None:
 
 
 def load_data_everywhere(cfg: Config, launch: distributed.Launch, device: torch.device) -> Splits:
-    """Download once per node (local rank 0), then read on every rank; a failure anywhere stops all.
-
-    The splits come back on ``device`` with normalized images, ready to index by batch.
-    """
+    """Download once per node (local rank 0), then read on every rank; a failure anywhere stops all."""
     error = None
     if launch.local_rank == 0:
         try:
@@ -156,7 +161,7 @@ def load_data_everywhere(cfg: Config, launch: distributed.Launch, device: torch.
         error = e
     distributed.raise_unless_all_ok(error, device)
     assert data is not None
-    return data.to(device).normalized()
+    return data.to(device)
 
 
 def resume_state(cfg: Config, run_dir: Path | None, in_features: int, device: torch.device) -> dict | None:
@@ -221,7 +226,7 @@ def train(cfg: Config, launch: distributed.Launch, device: torch.device, backend
 
     def batch_loss(batch: torch.Tensor) -> torch.Tensor:
         """Mean loss over the images at indices ``batch`` (shifted when train.augment_shift > 0)."""
-        images = data.train_images[batch]
+        images = normalize_pixels(data.train_images[batch])
         if tc.augment_shift:
             images = shift_images(images, tc.augment_shift)
         with autocast:

@@ -97,7 +97,7 @@ def score_on_ranks(rank: int, world_size: int, port: int, out: str) -> None:
     torch.manual_seed(0)
     model = MLP(64, [32], dropout=0.5)  # the same weights on every rank and for every world size
     generator = torch.Generator().manual_seed(1)
-    images = torch.randn(101, 64, generator=generator)
+    images = torch.randint(0, 256, (101, 64), dtype=torch.uint8, generator=generator)
     labels = torch.randint(0, 10, (101,), generator=generator)
     counts = evaluate_across_ranks(model, images, labels, 16, rank, world_size)
     if rank == 0:

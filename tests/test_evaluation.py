@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mnist_ddp.data import normalize_pixels
 from mnist_ddp.evaluation import EvalCounts, confusion_text, count_tensor, counts_from_tensor, evaluate
 from mnist_ddp.model import MLP
 
@@ -14,7 +15,7 @@ from mnist_ddp.model import MLP
 def scored():
     torch.manual_seed(1)
     model = MLP(64, [32], dropout=0.5)
-    images = torch.randn(101, 64)
+    images = torch.randint(0, 256, (101, 64), dtype=torch.uint8)
     labels = torch.randint(0, 10, (101,))
     return model, images, labels
 
@@ -26,7 +27,7 @@ def test_counts_match_a_direct_computation(scored):
     assert model.training
     model.eval()
     with torch.no_grad():
-        logits = model(images)
+        logits = model(normalize_pixels(images))
     hit = logits.argmax(1) == labels
     assert counts.examples == 101
     assert counts.correct == int(hit.sum())

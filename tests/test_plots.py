@@ -16,7 +16,7 @@ def test_run_plots_are_valid_pngs(tmp_path):
         {"epoch": e, "train_loss": 1 / e, "test_loss": 1.2 / e, "test_accuracy": 0.9 + e / 100} for e in (1, 2, 3)
     ]
     counts = EvalCounts(3.0, [[9 if t == p else (1 if p == (t + 1) % 10 else 0) for p in range(10)] for t in range(10)])
-    images = torch.randn(40, 784)
+    images = torch.randint(0, 256, (40, 784), dtype=torch.uint8)
     labels = torch.randint(0, 10, (40,))
     paths = plots.write_run_plots(records, counts, MLP(784, [16], 0.0), images, labels, tmp_path / "plots")
     names = sorted(p.name for p in paths)

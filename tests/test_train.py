@@ -103,7 +103,7 @@ def test_smoke_run_learns_digits_and_writes_every_output(tmp_path):
     saved = torch.load(run_dir / "model.pt", weights_only=True)
     model = MLP(saved["in_features"], saved["config"]["model"]["hidden"], saved["config"]["model"]["dropout"])
     model.load_state_dict(saved["state_dict"])
-    data = load_splits(DataConfig(dataset="digits"), seed=0).normalized()
+    data = load_splits(DataConfig(dataset="digits"), seed=0)
     counts = evaluate(model, data.test_images, data.test_labels, 1000)
     assert counts.accuracy == summary["test_accuracy"]
     # The resolved config is written and loads back as the same run.
