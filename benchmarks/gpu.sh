@@ -17,10 +17,9 @@ report() {  # name, run folder, images per step
     "$PYTHON" - "$@" <<'PY'
 import json, sys
 from pathlib import Path
+from mnist_ddp.bench import steady_samples_per_second
 name, run, batch = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
-records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-steady = sorted(r["samples_per_second"] for r in records[1:] or records)
-rate = steady[len(steady) // 2]
+rate = steady_samples_per_second(run)
 steps_per_epoch = 50_000 // batch if "blog" in name else -(-60_000 // batch)
 summary = json.loads((run / "summary.json").read_text())
 print(f"{name:<28} {1e6 * batch / rate:8.1f} us/step {steps_per_epoch * batch / rate:7.3f} s/epoch"

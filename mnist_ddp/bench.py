@@ -30,11 +30,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mnist_ddp.config import load_config
+from mnist_ddp.config import ModelConfig, load_config
 from mnist_ddp.errors import InputError
 
-# The model's layer widths (the blog's MLP).
-WIDTHS = [784, 256, 256, 256, 128, 128, 10]
+# The model's layer widths: MNIST pixels, the default hidden layers (the blog's MLP), 10 classes.
+WIDTHS = [784, *ModelConfig().hidden, 10]
 PARAMETERS = sum(i * o + o for i, o in itertools.pairwise(WIDTHS))
 FLOPS_PER_SAMPLE = 6 * PARAMETERS  # forward 2, backward 4 multiply-adds per weight
 EPOCH_IMAGES = 60_000
@@ -106,9 +106,9 @@ def seed_loop(steps: int) -> dict[str, float]:
 
 def worker(kind: str, argument: int) -> None:
     """Run one measurement in this (fresh) process and print it as JSON."""
-    import resource
-
     import torch
+
+    from mnist_ddp.metrics import peak_rss_mb
 
     if kind == "limit":
         torch.set_num_threads(argument)
@@ -118,7 +118,7 @@ def worker(kind: str, argument: int) -> None:
         }
     else:
         result = seed_loop(argument)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(result))
 
 
@@ -135,6 +135,16 @@ def run_worker(kind: str, argument: int, concurrent: int = 1) -> list[dict[str, 
     return results
 
 
+def steady_samples_per_second(run_dir: Path) -> float:
+    """The median epoch's samples/s in a run's metrics.jsonl, leaving out the first epoch.
+
+    The first epoch pays for warm-up (allocations, thread pools, cuBLAS handles).
+    """
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steady = sorted(r["samples_per_second"] for r in records[1:] or records)
+    return steady[len(steady) // 2]
+
+
 def train_row(name: str, ranks: int, overrides: list[str], folder: Path) -> dict[str, Any]:
     """Run mnist_ddp.train (under torchrun when ranks > 1) and read back what it measured."""
     run_dir = folder / name.replace(" ", "_")
@@ -146,10 +156,7 @@ def train_row(name: str, ranks: int, overrides: list[str], folder: Path) -> dict
         tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise SystemExit(f"error: benchmark run '{name}' failed (exit {result.returncode}): {tail}")
     summary = json.loads((run_dir / "summary.json").read_text())
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    # The first epoch pays for warm-up (allocations, thread pools); later epochs are the steady state.
-    steady = sorted(r["samples_per_second"] for r in records[1:] or records)
-    rate = steady[len(steady) // 2]
+    rate = steady_samples_per_second(run_dir)
     return {
         "name": name,
         "ranks": ranks,

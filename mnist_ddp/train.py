@@ -281,10 +281,10 @@ def train(cfg: Config, launch: distributed.Launch, device: torch.device, backend
             print(f"resuming from {resumed['path']}: epoch {epoch}, step {skip_steps} (global step {global_step})")
     wandb_run = tracking.start(cfg, run_dir, resumed and resumed.get("wandb_run_id")) if is_main else None
 
-    def snapshot(epoch: int, step_in_epoch: int, loss_sum: torch.Tensor) -> Path | None:
+    def snapshot(epoch: int, step_in_epoch: int) -> Path | None:
         """Every rank calls this (it gathers RNG states and the loss); rank 0 writes the file."""
         rng = distributed.all_gather_tensors(checkpoint.device_rng_state(device).to(device))
-        epoch_loss_sum = distributed.all_reduce_sum(loss_sum.clone()).item()
+        epoch_loss_sum = distributed.all_reduce_sum(loss_sum_so_far(step_in_epoch)).item()
         path = None
         if is_main:
             state = {
@@ -312,7 +312,7 @@ def train(cfg: Config, launch: distributed.Launch, device: torch.device, backend
         done = slice(skip_steps, step_in_epoch)
         return (step_losses[done] * batch_sizes[done]).sum() + loss_carry
 
-    def act_on(decision: guard.Decision, epoch: int, step_in_epoch: int, loss_sum: torch.Tensor) -> None:
+    def act_on(decision: guard.Decision, epoch: int, step_in_epoch: int) -> None:
         """Stop as every rank agreed: on NaN/inf without a snapshot, on a stop signal after one."""
         if decision.first_bad_step is not None:
             raise guard.Diverged(
@@ -322,7 +322,7 @@ def train(cfg: Config, launch: distributed.Launch, device: torch.device, backend
             )
         if not decision.stop:
             return
-        path = snapshot(epoch, step_in_epoch, loss_sum)
+        path = snapshot(epoch, step_in_epoch)
         if world_size > 1:
             say(f"rank {rank}: stopping at global step {global_step}", sys.stderr)
         if is_main:
@@ -331,13 +331,12 @@ def train(cfg: Config, launch: distributed.Launch, device: torch.device, backend
             f"stop signal received: snapshot {path} at global step {global_step}; run the same command again to resume"
         )
 
-    def check_now(epoch: int, step_in_epoch: int, loss_sum: torch.Tensor, pending: guard.PendingCheck | None) -> None:
+    def check_now(epoch: int, step_in_epoch: int, pending: guard.PendingCheck | None) -> None:
         """Agree at once (before a snapshot: it must not hold NaN), then snapshot, or stop as agreed."""
         if pending is not None:
             guard.finish_check(pending)  # superseded: the agreement below sees everything it saw
-        decision = guard.agree(first_bad, model, global_step)
-        act_on(decision, epoch, step_in_epoch, loss_sum)
-        snapshot(epoch, step_in_epoch, loss_sum)
+        act_on(guard.agree(first_bad, model, global_step), epoch, step_in_epoch)
+        snapshot(epoch, step_in_epoch)
 
     try:
         first_bad = torch.full((), guard.NO_BAD_STEP, dtype=torch.int64, device=device)
@@ -382,27 +381,23 @@ def train(cfg: Config, launch: distributed.Launch, device: torch.device, backend
                     logged_lrs[global_step] = optimizer.param_groups[0]["lr"]
                 snapshot_due = ck.every_steps > 0 and global_step % ck.every_steps == 0
                 if snapshot_due:
-                    check_now(epoch, step_in_epoch, loss_sum_so_far(step_in_epoch), pending)
+                    check_now(epoch, step_in_epoch, pending)
                     pending = None
                 elif global_step % ck.check_every_steps == 0:
                     # Act on the previous check's result and queue this one: no waiting on the device.
                     if pending is not None:
-                        act_on(guard.finish_check(pending), epoch, step_in_epoch, loss_sum_so_far(step_in_epoch))
+                        act_on(guard.finish_check(pending), epoch, step_in_epoch)
                     pending = guard.start_check(first_bad, model, global_step)
             bar.close()
-            if pending is not None:
-                guard.finish_check(pending)  # superseded by the epoch-end check below
-                pending = None
             trained = (steps_per_epoch - skip_steps) * per_rank_batch * world_size
             loss_sum = loss_sum_so_far(steps_per_epoch)
             train_loss = distributed.all_reduce_sum(loss_sum).item() / (shard_len * world_size)
             train_seconds = time.perf_counter() - started
             if is_main and logged_lrs:  # the epoch's one transfer of per-step losses
                 losses = step_losses.tolist()
-                first = global_step - (steps_per_epoch - skip_steps) + 1  # global step of this epoch's first step
-                for step, lr in logged_lrs.items():
-                    index = step - first + skip_steps
-                    tracking.log(wandb_run, {"train/loss": losses[index], "train/lr": lr}, step)
+                for step, lr in logged_lrs.items():  # the epoch's last step is global_step
+                    step_loss = losses[steps_per_epoch - 1 - (global_step - step)]
+                    tracking.log(wandb_run, {"train/loss": step_loss, "train/lr": lr}, step)
 
             # On the unwrapped module: a DDP forward outside training would prepare a gradient sync.
             counts = evaluate_across_ranks(
@@ -415,7 +410,8 @@ def train(cfg: Config, launch: distributed.Launch, device: torch.device, backend
                 print(metrics.format_epoch_line(records[-1], tc.epochs), flush=True)
                 tracking.log(wandb_run, tracking.epoch_values(records[-1], counts.per_class_accuracy), global_step)
             epoch, skip_steps, loss_carry = epoch + 1, 0, 0.0
-            check_now(epoch, 0, torch.zeros((), device=device), None)
+            check_now(epoch, 0, pending)  # the last in-epoch check, if one is queued, is superseded
+            pending = None
 
         if counts is None:  # resumed from a snapshot taken after the last epoch
             counts = evaluate_across_ranks(
