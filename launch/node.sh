@@ -10,16 +10,9 @@
 #   MAX_RESTARTS times torchrun restarts the workers after a failure (default 3); they resume
 #                from the newest snapshot in run.dir
 set -euo pipefail
-python=${PYTHON:-python}
-# torchrun's agent forwards these signals to the workers, which save a snapshot and exit 75.
-# SIGUSR1 is not among torchrun's defaults, and left unhandled it kills the agent outright
-# (PET_SIGNALS_TO_HANDLE is torchrun's --signals-to-handle; torch releases without it ignore it).
-export PET_SIGNALS_TO_HANDLE=${PET_SIGNALS_TO_HANDLE:-SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1}
+# shellcheck source=launch/common.sh
+source "$(dirname "$0")/common.sh"
 nnodes=${NNODES:-${SLURM_NNODES:-1}}
-if [ -z "${NPROC:-}" ]; then
-    gpus=$("$python" -c 'import torch; print(torch.cuda.device_count())')
-    NPROC=$(( gpus > 0 ? gpus : 2 ))
-fi
 if [ -z "${RDZV_ENDPOINT:-}" ]; then
     if [ -n "${SLURM_JOB_NODELIST:-}" ]; then
         head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from mnist_ddp.config import ModelConfig, load_config
+from mnist_ddp.console import say
 from mnist_ddp.errors import InputError
 
 # The model's layer widths: MNIST pixels, the default hidden layers (the blog's MLP), 10 classes.
@@ -211,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         load_config(None, args.overrides)  # a bad override fails here, before minutes of measuring
     except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
+        say(f"error: {e}", sys.stderr)
         return 2
 
     limit_1x = run_worker("limit", os.cpu_count() or 1)[0]
@@ -244,9 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         if r["ranks"] > 1:
             r["vs_one_process"] = r["samples_per_second"] / one["samples_per_second"]
     table = format_table(rows, limit)
-    print(table)
+    say(table)
     Path(args.out).write_text(json.dumps({"limit": limit, "rows": rows, "table": table}, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    say(f"\nwrote {args.out}")
     return 0
 
 

@@ -1,4 +1,9 @@
-"""Snapshots for exact resume, and the final model file.
+"""Snapshots for exact resume, and the final model file: the one module that spells their keys.
+
+A run's progress lives in :class:`Progress`; a :class:`Snapshot` is that progress with the
+weights, optimizer and schedule states and every rank's random streams, and is the only thing
+written to and read back from ``run.dir/checkpoints``. ``evaluate`` and ``predict`` read the
+weights of a model.pt or a snapshot through :func:`read_weights`.
 
 Everything written here loads with ``torch.load(weights_only=True)``: tensors, dicts, lists,
 strings and numbers only (RNG states as tensors, the config as a plain dict). Rank 0 writes
@@ -8,17 +13,18 @@ strings and numbers only (RNG states as tensors, the config as a plain dict). Ra
 from __future__ import annotations
 
 import pickle
-import random
 import re
+import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from mnist_ddp.atomic import atomic_torch_save, atomic_write_text
-from mnist_ddp.errors import InputError
+from mnist_ddp.console import warn
+from mnist_ddp.errors import InputError, first_line
 
 FORMAT = "mnist_ddp.snapshot/1"
 SNAPSHOT_RE = re.compile(r"step_(\d{7,})\.pt")
@@ -37,6 +43,104 @@ MUST_MATCH = (
 )
 
 
+@dataclass
+class Progress:
+    """How far a run has come: the position in the epoch loop and what it has measured so far."""
+
+    epoch: int = 1  # the epoch under way (1-based)
+    step_in_epoch: int = 0  # steps of that epoch already taken
+    global_step: int = 0  # optimizer steps taken in the whole run
+    records: list[dict[str, Any]] = field(default_factory=list)  # one metrics record per finished epoch
+    # Training loss summed over all ranks and over this epoch's steps before ``resumed_at``: a
+    # resumed run did not take those steps itself. Rank 0 carries it; other ranks hold 0.
+    loss_carry: float = 0.0
+    resumed_at: int = 0  # the step of the current epoch this process started from
+
+    def start_next_epoch(self) -> None:
+        """Move to the first step of the next epoch."""
+        self.epoch, self.step_in_epoch, self.resumed_at, self.loss_carry = self.epoch + 1, 0, 0, 0.0
+
+
+@dataclass
+class Snapshot:
+    """Everything needed to continue a run exactly (see :func:`save_snapshot` for the file)."""
+
+    progress: Progress
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    schedule: dict[str, Any] | None
+    rng: list[torch.Tensor]  # every rank's torch generator states, in rank order
+    host_rng: dict[str, Any]  # rank 0's numpy and Python generator states
+    config: dict[str, Any]
+    in_features: int
+    wandb_run_id: str | None
+    path: Path | None = None  # where it was read from
+
+    @property
+    def world_size(self) -> int:
+        """How many ranks wrote it (one generator state each)."""
+        return len(self.rng)
+
+    def to_file(self) -> dict[str, Any]:
+        """The dict that is saved: the file format, key by key."""
+        p = self.progress
+        return {
+            "format": FORMAT,
+            "model": self.model,
+            "optimizer": self.optimizer,
+            "schedule": self.schedule,
+            "epoch": p.epoch,
+            "step_in_epoch": p.step_in_epoch,
+            "global_step": p.global_step,
+            "epoch_loss_sum": p.loss_carry,
+            "records": p.records,
+            "rng": self.rng,
+            "host_rng": self.host_rng,
+            "world_size": self.world_size,
+            "in_features": self.in_features,
+            "config": self.config,
+            "wandb_run_id": self.wandb_run_id,
+        }
+
+    @classmethod
+    def from_file(cls, state: dict[str, Any], path: Path) -> Snapshot:
+        """Undo :meth:`to_file`; a dict without our format tag or keys is an InputError."""
+        if state.get("format") != FORMAT:
+            raise InputError(f"{path}: not an mnist_ddp snapshot (no '{FORMAT}' format tag)")
+        try:
+            progress = Progress(
+                epoch=state["epoch"],
+                step_in_epoch=state["step_in_epoch"],
+                global_step=state["global_step"],
+                records=state["records"],
+                loss_carry=state["epoch_loss_sum"],
+                resumed_at=state["step_in_epoch"],
+            )
+            return cls(
+                progress=progress,
+                model=state["model"],
+                optimizer=state["optimizer"],
+                schedule=state["schedule"],
+                rng=state["rng"],
+                host_rng=state["host_rng"],
+                config=state["config"],
+                in_features=state["in_features"],
+                wandb_run_id=state.get("wandb_run_id"),
+                path=path,
+            )
+        except KeyError as e:
+            raise InputError(f"{path}: not an mnist_ddp snapshot (no {e} entry)") from None
+
+
+@dataclass
+class SavedWeights:
+    """What ``evaluate`` and ``predict`` need of a model.pt or a snapshot."""
+
+    state_dict: dict[str, torch.Tensor]
+    config: dict[str, Any]
+    in_features: int
+
+
 def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's weights as CPU tensors, ready to save."""
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -47,43 +151,30 @@ def save_model(path: Path, model: nn.Module, config: dict[str, Any], in_features
     atomic_torch_save(path, {"state_dict": cpu_state_dict(model), "config": config, "in_features": in_features})
 
 
-def host_rng_state() -> dict[str, Any]:
-    """numpy's and Python's generator states as tensors and numbers (no pickled objects)."""
-    _, keys, pos, has_gauss, cached = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    return {
-        "numpy_keys": torch.from_numpy(keys.astype(np.int64)),
-        "numpy_pos": int(pos),
-        "numpy_gauss": [int(has_gauss), float(cached)],
-        "python_version": int(version),
-        "python_state": torch.tensor(internal, dtype=torch.int64),
-        "python_gauss": gauss_next,
-    }
+def load_weights_only(path: Path, label: str) -> Any:
+    """``torch.load(path, weights_only=True)``; a file that cannot load is an InputError naming ``label``.
+
+    A whole torch archive that needs unpickling code is refused without running any of it.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if zipfile.is_zipfile(path):
+            raise InputError(f"{label}: refused, it is not a weights-only checkpoint ({first_line(e)})") from None
+        raise InputError(f"{label}: not a weights-only torch file ({type(e).__name__})") from None
+    except (OSError, RuntimeError, EOFError, ValueError) as e:
+        raise InputError(f"{label}: unreadable, truncated or corrupt ({type(e).__name__})") from None
 
 
-def set_host_rng_state(state: dict[str, Any]) -> None:
-    """Undo :func:`host_rng_state`."""
-    has_gauss, cached = state["numpy_gauss"]
-    keys = state["numpy_keys"].numpy().astype(np.uint32)
-    np.random.set_state(("MT19937", keys, state["numpy_pos"], int(has_gauss), cached))
-    internal = tuple(int(v) for v in state["python_state"].tolist())
-    random.setstate((state["python_version"], internal, state["python_gauss"]))
-
-
-def device_rng_state(device: torch.device) -> torch.Tensor:
-    """This rank's torch generator state (CPU, plus the CUDA device's when it has one) as bytes."""
-    parts = [torch.get_rng_state()]
-    if device.type == "cuda":
-        parts.append(torch.cuda.get_rng_state(device))
-    return torch.cat(parts)
-
-
-def set_device_rng_state(state: torch.Tensor, device: torch.device) -> None:
-    """Undo :func:`device_rng_state`."""
-    cpu_len = len(torch.get_rng_state())
-    torch.set_rng_state(state[:cpu_len].clone())
-    if device.type == "cuda":
-        torch.cuda.set_rng_state(state[cpu_len:].clone(), device)
+def read_weights(path: Path) -> SavedWeights:
+    """The weights, config and input width of a model.pt or a snapshot."""
+    if not path.is_file():
+        raise InputError(f"checkpoint={path}: no such file; give a run's model.pt or a snapshot")
+    saved = load_weights_only(path, f"checkpoint={path}")
+    state = saved.get("state_dict", saved.get("model")) if isinstance(saved, dict) else None
+    if state is None or "config" not in saved or "in_features" not in saved:
+        raise InputError(f"checkpoint={path}: not an mnist_ddp model.pt or snapshot")
+    return SavedWeights(state, saved["config"], saved["in_features"])
 
 
 def snapshot_dir(run_dir: Path) -> Path:
@@ -91,11 +182,11 @@ def snapshot_dir(run_dir: Path) -> Path:
     return run_dir / "checkpoints"
 
 
-def save_snapshot(run_dir: Path, state: dict[str, Any], keep: int) -> Path:
-    """Write ``state`` as step_XXXXXXX.pt, point ``latest`` at it, and delete all but the newest ``keep``."""
+def save_snapshot(run_dir: Path, snapshot: Snapshot, keep: int) -> Path:
+    """Write ``snapshot`` as step_XXXXXXX.pt, point ``latest`` at it, and delete all but the newest ``keep``."""
     folder = snapshot_dir(run_dir)
-    path = folder / f"step_{state['global_step']:07d}.pt"
-    atomic_torch_save(path, {"format": FORMAT, **state})
+    path = folder / f"step_{snapshot.progress.global_step:07d}.pt"
+    atomic_torch_save(path, snapshot.to_file())
     atomic_write_text(folder / "latest", path.name + "\n")
     for old in snapshot_paths(folder)[keep:]:
         old.unlink(missing_ok=True)
@@ -110,18 +201,12 @@ def snapshot_paths(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(SNAPSHOT_RE.fullmatch(p.name).group(1)), reverse=True)  # type: ignore[union-attr]
 
 
-def read_snapshot(path: Path) -> dict[str, Any]:
+def read_snapshot(path: Path) -> Snapshot:
     """Load one snapshot, refusing anything that needs unpickling code or is not ours."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"{path}: refused, it is not a weights-only checkpoint ({first})") from None
-    except (OSError, RuntimeError, EOFError, ValueError) as e:
-        raise InputError(f"{path}: unreadable, truncated or corrupt ({type(e).__name__})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    state = load_weights_only(path, str(path))
+    if not isinstance(state, dict):
         raise InputError(f"{path}: not an mnist_ddp snapshot (no '{FORMAT}' format tag)")
-    return state
+    return Snapshot.from_file(state, path)
 
 
 def lookup(config: dict[str, Any], dotted: str) -> Any:
@@ -132,20 +217,19 @@ def lookup(config: dict[str, Any], dotted: str) -> Any:
     return node
 
 
-def check_compatible(state: dict[str, Any], config: dict[str, Any], in_features: int, path: Path) -> None:
+def check_compatible(snapshot: Snapshot, config: dict[str, Any], in_features: int) -> None:
     """Refuse a snapshot of another model or of a run this config cannot continue."""
-    saved = state["config"]
     for key in MUST_MATCH:
-        if lookup(saved, key) != lookup(config, key):
+        if lookup(snapshot.config, key) != lookup(config, key):
             raise InputError(
-                f"{path} was saved with {key}={lookup(saved, key)}, this run has {key}={lookup(config, key)};"
-                " use the same config, resume=none, or another run.dir"
+                f"{snapshot.path} was saved with {key}={lookup(snapshot.config, key)},"
+                f" this run has {key}={lookup(config, key)}; use the same config, resume=none, or another run.dir"
             )
-    if state["in_features"] != in_features:
-        raise InputError(f"{path} is a model of {state['in_features']} inputs, this data has {in_features}")
+    if snapshot.in_features != in_features:
+        raise InputError(f"{snapshot.path} is a model of {snapshot.in_features} inputs, this data has {in_features}")
 
 
-def find_snapshot(resume: str, run_dir: Path | None, log: Any = print) -> tuple[Path, dict[str, Any]] | None:
+def find_snapshot(resume: str, run_dir: Path | None, log: Any = warn) -> Snapshot | None:
     """The snapshot to continue from: resume=PATH, or with resume=auto the newest readable one in run_dir.
 
     With auto, an unreadable newest snapshot is reported and the next older one is tried.
@@ -156,7 +240,7 @@ def find_snapshot(resume: str, run_dir: Path | None, log: Any = print) -> tuple[
         path = Path(resume)
         if not path.is_file():
             raise InputError(f"resume={resume}: no such file; give a snapshot path, resume=auto or resume=none")
-        return path, read_snapshot(path)
+        return read_snapshot(path)
     if run_dir is None:
         return None
     folder = snapshot_dir(run_dir)
@@ -170,10 +254,10 @@ def find_snapshot(resume: str, run_dir: Path | None, log: Any = print) -> tuple[
     problems = []
     for path in candidates:
         try:
-            return path, read_snapshot(path)
+            return read_snapshot(path)
         except InputError as e:
             problems.append(str(e))
-            log(f"warning: skipping snapshot {e}")
+            log(f"skipping snapshot {e}")
     raise InputError(
         f"no readable snapshot in {folder} ({len(problems)} tried); resume=none starts over, or choose another run.dir"
     )

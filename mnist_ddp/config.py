@@ -18,18 +18,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from yaml import YAMLError
 
-from mnist_ddp.errors import InputError
+from mnist_ddp.download import DATA_ENV_VAR, MNIST_MIRRORS
+from mnist_ddp.errors import InputError, first_line
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_FILE = REPO_ROOT / "configs" / "default.yaml"
-DATA_ENV_VAR = "MNIST_DDP_DATA"
-
-# The download sources, tried in order: the PyTorch project's copy first because the
-# original site has been unreliable for years.
-MNIST_MIRRORS = [
-    "https://ossci-datasets.s3.amazonaws.com/mnist/",
-    "http://yann.lecun.com/exdb/mnist/",
-]
 
 
 def doc(text: str, default: Any = MISSING, factory: Any = MISSING) -> Any:
@@ -196,7 +189,7 @@ def parse_overrides(overrides: list[str]) -> DictConfig:
     try:
         return OmegaConf.from_dotlist(overrides)
     except (OmegaConfBaseException, YAMLError) as e:
-        raise InputError(f"could not parse the overrides {overrides}: {one_line(e)}") from None
+        raise InputError(f"could not parse the overrides {overrides}: {first_line(e)}") from None
 
 
 def load_yaml(path: Path) -> DictConfig:
@@ -206,18 +199,12 @@ def load_yaml(path: Path) -> DictConfig:
     try:
         node = OmegaConf.load(path)
     except (OmegaConfBaseException, YAMLError, UnicodeDecodeError) as e:
-        raise InputError(f"config file {path} is not valid YAML: {one_line(e)}") from None
+        raise InputError(f"config file {path} is not valid YAML: {first_line(e)}") from None
     except OSError as e:  # OmegaConf's answer to a file holding a bare scalar
-        raise InputError(f"config file {path} must hold a mapping of keys ({one_line(e)})") from None
+        raise InputError(f"config file {path} must hold a mapping of keys ({first_line(e)})") from None
     if not isinstance(node, DictConfig):
         raise InputError(f"config file {path} must hold a mapping of keys, not a list")
     return node
-
-
-def one_line(e: BaseException) -> str:
-    """The first line of an exception message."""
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 def merge(base: DictConfig, node: DictConfig, source: str) -> DictConfig:
@@ -229,7 +216,7 @@ def merge(base: DictConfig, node: DictConfig, source: str) -> DictConfig:
             OmegaConf.update(base, key, value, merge=False)
         except (OmegaConfBaseException, ValueError) as e:
             expected = type(all_keys()[key][0]).__name__
-            message = f"config key '{key}' ({source}): {value!r} is not a valid {expected} ({one_line(e)})"
+            message = f"config key '{key}' ({source}): {value!r} is not a valid {expected} ({first_line(e)})"
             raise InputError(message) from None
     return base
 

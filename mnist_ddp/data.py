@@ -1,4 +1,5 @@
-"""MNIST (IDX or the blog's .mat) and scikit-learn's digits: read, validate, split, shard.
+"""The data: MNIST (IDX or the blog's .mat) and scikit-learn's digits, read, validated, split
+and sharded, and loaded on every rank.
 
 Images stay uint8, one row per image (60,000 x 784 is 47 MB, against 188 MB as float32), and
 each batch is normalized as it is taken: gathering uint8 rows and normalizing them costs about
@@ -18,19 +19,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mnist_ddp.config import DATA_ENV_VAR, DataConfig
+from mnist_ddp import distributed
+from mnist_ddp.config import DataConfig
+from mnist_ddp.download import ensure_idx_files, find_idx_files
 from mnist_ddp.errors import InputError
 
 # MNIST's pixel mean and standard deviation on the 0-1 scale.
 PIXEL_MEAN = 0.1307
 PIXEL_STD = 0.3081
 
-IDX_NAMES = {
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte",
-    "test_labels": "t10k-labels-idx1-ubyte",
-}
 IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
 LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
 MAT_NAME = "mnist-original.mat"
@@ -126,15 +123,6 @@ def check_labels(labels: np.ndarray, path: Path) -> None:
         raise InputError(f"{path}: label {labels[bad[0]]} at index {bad[0]} is outside 0-9; the file is corrupt")
 
 
-def find_idx_files(root: Path) -> dict[str, Path | None]:
-    """Where each of the four IDX files is under ``root``: flat, or torchvision's MNIST/raw/."""
-    found: dict[str, Path | None] = {}
-    for key, name in IDX_NAMES.items():
-        candidates = [d / n for d in (root, root / "MNIST" / "raw") for n in (name, name + ".gz")]
-        found[key] = next((p for p in candidates if p.is_file()), None)
-    return found
-
-
 def read_idx_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Images and labels from two IDX files that must hold the same number of items."""
     images, labels = read_images(images_path), read_labels(labels_path)
@@ -177,30 +165,13 @@ def mat_path(cfg: DataConfig) -> Path | None:
     return None
 
 
-def missing_data_message(root: Path, missing: list[str]) -> str:
-    """Where to put MNIST when it is absent and cannot be downloaded."""
-    return (
-        f"MNIST files missing from {root}: {', '.join(missing)}; put the four IDX files (raw or .gz) there,"
-        f" or point data.root=/path (or ${DATA_ENV_VAR}) at a folder that has them"
-    )
-
-
 def prepare_files(cfg: DataConfig) -> None:
     """Make sure the MNIST IDX files are on disk, downloading the missing ones when allowed.
 
     Under DDP one process per node calls this before the others read, so a node downloads once.
     """
-    if cfg.dataset != "mnist" or mat_path(cfg) is not None:
-        return
-    root = Path(cfg.root)
-    missing = [k for k, p in find_idx_files(root).items() if p is None]
-    if not missing:
-        return
-    if not cfg.download:
-        raise InputError(missing_data_message(root, [IDX_NAMES[k] for k in missing]) + " (data.download=false)")
-    from mnist_ddp.download import download_mnist
-
-    download_mnist(root, cfg.mirrors, cfg.download_timeout_seconds, missing)
+    if cfg.dataset == "mnist" and mat_path(cfg) is None:
+        ensure_idx_files(Path(cfg.root), cfg.download, cfg.mirrors, cfg.download_timeout_seconds)
 
 
 def load_mnist_arrays(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -264,6 +235,26 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
         torch.from_numpy(test_y.astype(np.int64)),
         f"{source}, split={cfg.split}",
     )
+
+
+def check_fits_ranks(data: Splits, world_size: int) -> None:
+    """Every rank needs at least one training image of its own."""
+    if len(data.train_labels) < world_size:
+        raise InputError(
+            f"{len(data.train_labels)} training images cannot be shared by {world_size} ranks;"
+            " start fewer processes or use a larger dataset"
+        )
+
+
+def load_on_every_rank(cfg: DataConfig, seed: int, local_rank: int, world_size: int, device: torch.device) -> Splits:
+    """Download once per node (local rank 0), then read on every rank; a failure anywhere stops all."""
+    with distributed.fail_together(device):  # also the barrier the other local ranks wait at
+        if local_rank == 0:
+            prepare_files(cfg)
+    with distributed.fail_together(device):
+        data = load_splits(cfg, seed)
+        check_fits_ranks(data, world_size)
+    return data.to(device)
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:

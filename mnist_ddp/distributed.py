@@ -1,4 +1,4 @@
-"""Process-group life cycle: who launched us, which device and backend, set-up, agreement, teardown.
+"""Parallelism: who launched us, which device and backend, the process group, collectives, DDP.
 
 World size 1 (no launcher) means no process group at all: every helper here is then a no-op,
 so the training loop runs the same code on one process and on many.
@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -16,7 +17,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from mnist_ddp.errors import InputError
+from mnist_ddp.config import DistConfig
+from mnist_ddp.errors import InputError, PeerFailed
 
 
 @dataclass(frozen=True)
@@ -29,10 +31,6 @@ class Launch:
     launcher: str = "none"  # torchrun | slurm | none
     master_addr: str = "127.0.0.1"
     master_port: int = 29500
-
-
-class PeerFailed(InputError):
-    """Another rank failed; it printed the reason, this rank only stops."""
 
 
 def first_host(nodelist: str) -> str:
@@ -160,6 +158,16 @@ def all_gather_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:
     return parts
 
 
+def per_rank_batch_size(batch_size: int, world_size: int) -> int:
+    """Each rank's share of the global batch, which must split evenly."""
+    if batch_size % world_size:
+        raise InputError(
+            f"train.batch_size={batch_size} does not split evenly across {world_size} ranks;"
+            f" use a multiple of {world_size}"
+        )
+    return batch_size // world_size
+
+
 def raise_unless_all_ok(error: InputError | None, device: torch.device) -> None:
     """Every rank calls this after a step that may fail on some ranks only (a download, a file read).
 
@@ -172,10 +180,25 @@ def raise_unless_all_ok(error: InputError | None, device: torch.device) -> None:
     count = int(failed.item())
     if error is not None:
         # When every rank failed alike, rank 0 alone reports it; otherwise each failed rank does.
-        error.rank_specific = count < (dist.get_world_size() if dist.is_initialized() else 1)  # type: ignore[attr-defined]
+        error.rank_specific = count < (dist.get_world_size() if dist.is_initialized() else 1)
         raise error
     if count:
         raise PeerFailed(f"{count} other rank(s) failed; their errors are printed above")
+
+
+@contextmanager
+def fail_together(device: torch.device) -> Iterator[None]:
+    """Every rank runs the block; if it raised an InputError on any rank, every rank raises.
+
+    For work that may fail on some ranks only (a download, a file read, a folder to create):
+    no rank goes on to wait in a collective that a failed peer will never reach.
+    """
+    error = None
+    try:
+        yield
+    except InputError as e:
+        error = e
+    raise_unless_all_ok(error, device)
 
 
 def shutdown(clean: bool) -> None:
@@ -206,6 +229,18 @@ def cast_hook(dtype: torch.dtype):
         return future.then(decompress)
 
     return hook
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device, cfg: DistConfig) -> torch.nn.Module:
+    """``model`` under DistributedDataParallel with the configured buckets and comm hook; itself for world size 1."""
+    if not dist.is_initialized():
+        return model
+    device_ids = [device.index] if device.type == "cuda" else None
+    ddp_model = DistributedDataParallel(
+        model, device_ids=device_ids, gradient_as_bucket_view=True, bucket_cap_mb=cfg.bucket_cap_mb
+    )
+    register_comm_hook(ddp_model, cfg.comm_hook, cfg.powersgd_rank)
+    return ddp_model
 
 
 def register_comm_hook(ddp_model: DistributedDataParallel, hook: str, powersgd_rank: int) -> None:

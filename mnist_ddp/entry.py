@@ -1,24 +1,18 @@
-"""The life cycle every command shares (train, evaluate): launcher, device, process group,
-one-line errors with their exit codes, and a teardown that leaves no rank waiting."""
+"""The life cycle every distributed command shares (train, evaluate): launcher, device, process
+group, one-line errors with their exit codes, and a teardown that leaves no rank waiting."""
 
 from __future__ import annotations
 
 import sys
 import time
 from collections.abc import Callable
-from typing import TextIO
 
 import torch
 
-from mnist_ddp import distributed, guard
+from mnist_ddp import distributed
 from mnist_ddp.config import Config
-from mnist_ddp.errors import InputError
-
-
-def say(line: str, stream: TextIO = sys.stdout) -> None:
-    """Write one whole line in one call, so lines from several ranks on one pipe do not interleave."""
-    stream.write(line + "\n")
-    stream.flush()
+from mnist_ddp.console import say
+from mnist_ddp.errors import JobError
 
 
 def run_command(
@@ -35,12 +29,11 @@ def run_command(
         distributed.init(launch, backend, device, cfg.dist.timeout_seconds)
         body(cfg, launch, device, backend)
         clean = True
-    except InputError as e:
+    except JobError as e:
         # Errors every rank hits alike are printed once, by rank 0.
-        if launch.rank == 0 or getattr(e, "rank_specific", False):
+        if launch.rank == 0 or e.rank_specific:
             prefix = f"[rank {launch.rank}] " if launch.world_size > 1 else ""
-            label = "preempted" if isinstance(e, guard.Preempted) else "error"
-            say(f"{label}: {prefix}{e}", sys.stderr)
+            say(f"{e.label}: {prefix}{e}", sys.stderr)
         else:
             # torchrun stops the whole group as soon as one worker exits: give rank 0 time to print.
             time.sleep(2)

@@ -20,25 +20,14 @@ import torch
 
 from mnist_ddp import distributed, plots
 from mnist_ddp.atomic import atomic_write_json
+from mnist_ddp.checkpoint import SavedWeights, read_weights
 from mnist_ddp.config import Config, load_config
-from mnist_ddp.entry import run_command, say
-from mnist_ddp.errors import InputError
+from mnist_ddp.console import say
+from mnist_ddp.data import load_on_every_rank
+from mnist_ddp.entry import run_command
+from mnist_ddp.errors import InputError, first_line
 from mnist_ddp.evaluation import confusion_text, evaluate_across_ranks
-from mnist_ddp.model import MLP
-
-
-def read_weights(path: Path) -> dict[str, Any]:
-    """The state_dict, config and input width of a model.pt or a snapshot (weights-only load)."""
-    if not path.is_file():
-        raise InputError(f"checkpoint={path}: no such file; give a run's model.pt or a snapshot")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for a bad file
-        raise InputError(f"checkpoint={path}: not a weights-only torch file ({type(e).__name__})") from None
-    state = saved.get("state_dict", saved.get("model")) if isinstance(saved, dict) else None
-    if state is None or "config" not in saved or "in_features" not in saved:
-        raise InputError(f"checkpoint={path}: not an mnist_ddp model.pt or snapshot")
-    return {"state_dict": state, "config": saved["config"], "in_features": saved["in_features"]}
+from mnist_ddp.model import build_model
 
 
 def split_arguments(argv: list[str] | None) -> tuple[Path, Path | None, list[str]]:
@@ -54,17 +43,15 @@ def split_arguments(argv: list[str] | None) -> tuple[Path, Path | None, list[str
 
 
 def evaluate_checkpoint(
-    cfg: Config, launch: distributed.Launch, device: torch.device, saved: dict[str, Any], out: Path
+    cfg: Config, launch: distributed.Launch, device: torch.device, saved: SavedWeights, out: Path
 ) -> dict[str, Any]:
     """Load the weights on every rank, score the test split across ranks, report on rank 0."""
-    from mnist_ddp.train import load_data_everywhere  # the same download-once, fail-together loading
-
-    data = load_data_everywhere(cfg, launch, device)
-    model = MLP(data.in_features, list(cfg.model.hidden), cfg.model.dropout).to(device)
+    data = load_on_every_rank(cfg.data, cfg.seed, launch.local_rank, launch.world_size, device)
+    model = build_model(cfg, data.in_features).to(device)
     try:
-        model.load_state_dict(saved["state_dict"])
+        model.load_state_dict(saved.state_dict)
     except RuntimeError as e:
-        raise InputError(f"the checkpoint does not fit this model/data: {str(e).splitlines()[0]}") from None
+        raise InputError(f"the checkpoint does not fit this model/data: {first_line(e)}") from None
     counts = evaluate_across_ranks(
         model, data.test_images, data.test_labels, cfg.train.eval_batch_size, launch.rank, launch.world_size
     )
@@ -96,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint, out, overrides = split_arguments(argv if argv is not None else sys.argv[1:])
         saved = read_weights(checkpoint)
         context.update(saved=saved, out=out or checkpoint.parent / "plots")
-        return load_config(overrides=overrides, base=saved["config"])
+        return load_config(overrides=overrides, base=saved.config)
 
     return run_command(
         parse, lambda cfg, launch, device, _: evaluate_checkpoint(cfg, launch, device, context["saved"], context["out"])

@@ -7,6 +7,7 @@ take the same decision at the same step and nobody waits in a collective alone.
 Inside an epoch the result of a check is read at the next check (:func:`start_check`,
 :func:`finish_check`): reading it at once would make the host wait for the GPU every few
 steps. Before a snapshot is written the ranks agree without that lag (:func:`agree`).
+:class:`StopGuard` holds the state those functions thread through a run.
 """
 
 from __future__ import annotations
@@ -21,26 +22,11 @@ from types import FrameType
 import torch
 from torch import nn
 
+from mnist_ddp.console import say, warn
 from mnist_ddp.distributed import all_reduce_max
-from mnist_ddp.errors import InputError
 
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: a snapshot was saved; run the same command again to resume
-EXIT_DIVERGED = 3
 NO_BAD_STEP = 2**62
-
-
-class Preempted(InputError):
-    """A stop was requested; the snapshot is saved. Not an error: the job resumes when rerun."""
-
-    exit_code = EXIT_PREEMPTED
-
-
-class Diverged(InputError):
-    """The loss or the weights became NaN or infinite."""
-
-    exit_code = EXIT_DIVERGED
-
 
 stop_signal: int | None = None
 
@@ -108,16 +94,46 @@ def agree(first_bad: torch.Tensor, model: nn.Module, step: int) -> Decision:
     return finish_check(start_check(first_bad, model, step))
 
 
+class StopGuard:
+    """One rank's side of the agreement: its first non-finite step and the check in flight.
+
+    Every rank calls :meth:`record` after each step and :meth:`lagged` or :meth:`now` at the
+    same global steps, so every rank takes the same decision at the same step.
+    """
+
+    def __init__(self, model: nn.Module, device: torch.device) -> None:
+        self.model = model
+        self.first_bad = torch.full((), NO_BAD_STEP, dtype=torch.int64, device=device)
+        self.pending: PendingCheck | None = None
+
+    def record(self, loss: torch.Tensor, step: int) -> None:
+        """Note whether the loss of global step ``step`` is finite (on the device, no host sync)."""
+        self.first_bad = track_loss(self.first_bad, loss, step)
+
+    def lagged(self, step: int) -> Decision:
+        """The decision of the previous check (go on when there was none), and queue this step's check."""
+        decision = finish_check(self.pending) if self.pending is not None else Decision(False, None)
+        self.pending = start_check(self.first_bad, self.model, step)
+        return decision
+
+    def now(self, step: int) -> Decision:
+        """Agree at once; a check still in flight is superseded (this one sees everything it saw)."""
+        if self.pending is not None:
+            finish_check(self.pending)
+            self.pending = None
+        return agree(self.first_bad, self.model, step)
+
+
 def requeue_if_slurm(enabled: bool) -> None:
     """Under SLURM, put this job back in the queue so it resumes from the snapshot just written."""
     job_id = os.environ.get("SLURM_JOB_ID")
     if not (enabled and job_id):
         return
     if shutil.which("scontrol") is None:
-        print("warning: checkpoint.requeue=true but scontrol is not on PATH; resubmit the job yourself")
+        warn("checkpoint.requeue=true but scontrol is not on PATH; resubmit the job yourself")
         return
     result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
     if result.returncode != 0:
-        print(f"warning: scontrol requeue {job_id} failed: {result.stderr.strip()}")
+        warn(f"scontrol requeue {job_id} failed: {result.stderr.strip()}")
     else:
-        print(f"requeued SLURM job {job_id}", flush=True)
+        say(f"requeued SLURM job {job_id}")

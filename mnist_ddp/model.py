@@ -7,6 +7,8 @@ import hashlib
 import torch
 from torch import nn
 
+from mnist_ddp.config import Config
+
 
 class BitsDropout(nn.Module):
     """Dropout drawing its mask from 16 random bits per element.
@@ -53,6 +55,11 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
+
+
+def build_model(cfg: Config, in_features: int) -> MLP:
+    """The model that ``cfg`` describes for inputs of ``in_features`` pixels (on the CPU)."""
+    return MLP(in_features, list(cfg.model.hidden), cfg.model.dropout)
 
 
 def parameter_count(model: nn.Module) -> int:

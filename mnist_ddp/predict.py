@@ -15,11 +15,12 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from mnist_ddp.checkpoint import read_weights
+from mnist_ddp.config import load_config
+from mnist_ddp.console import say
 from mnist_ddp.data import normalize_pixels
-from mnist_ddp.entry import say
 from mnist_ddp.errors import InputError
-from mnist_ddp.evaluate import read_weights
-from mnist_ddp.model import MLP
+from mnist_ddp.model import MLP, build_model
 
 
 def to_mnist(image: Image.Image, side: int = 28) -> torch.Tensor:
@@ -51,9 +52,8 @@ def to_mnist(image: Image.Image, side: int = 28) -> torch.Tensor:
 def load_model(path: Path) -> MLP:
     """The model saved at ``path``, in eval mode on the CPU."""
     saved = read_weights(path)
-    model_cfg = saved["config"]["model"]
-    model = MLP(saved["in_features"], list(model_cfg["hidden"]), model_cfg["dropout"])
-    model.load_state_dict(saved["state_dict"])
+    model = build_model(load_config(base=saved.config), saved.in_features)
+    model.load_state_dict(saved.state_dict)
     return model.eval()
 
 
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point: 0 when every file was predicted, 2 otherwise."""
     args = argv if argv is not None else sys.argv[1:]
     if any(a in ("-h", "--help") for a in args):
-        print(__doc__)
+        say(__doc__)
         return 0
     checkpoints = [a.partition("=")[2] for a in args if a.startswith("checkpoint=")]
     files = [a for a in args if not a.startswith("checkpoint=")]

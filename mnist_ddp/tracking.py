@@ -7,6 +7,8 @@ with ``wandb.mode=disabled``; then they do nothing (and wandb is never imported)
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,20 @@ def start(cfg: Config, run_dir: Path, resume_id: str | None) -> Any:
         # Leave stdout alone: the epoch lines are ours, and other ranks print too.
         settings=wandb.Settings(console="off", silent=True),
     )
+
+
+@contextmanager
+def tracked(cfg: Config, run_dir: Path | None, resume_id: str | None) -> Iterator[Any]:
+    """The wandb run (None without a run folder, i.e. off rank 0) for the block; marked failed if it raises.
+
+    On success the block closes the run itself with :func:`finish`, which records the summary.
+    """
+    run = start(cfg, run_dir, resume_id) if run_dir is not None else None
+    try:
+        yield run
+    except BaseException:
+        finish(run, {}, failed=True)
+        raise
 
 
 def log(run: Any, values: dict[str, Any], step: int) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import run_module
+from conftest import run_in_process, run_module
 
 from mnist_ddp import bench
 
@@ -48,7 +48,7 @@ def test_quick_benchmark_prints_a_table_and_writes_json(tmp_path):
 
 def test_a_bad_override_is_a_one_line_error_before_any_measuring(tmp_path):
     out = tmp_path / "b.json"
-    result = run_module("mnist_ddp.bench", "--quick", f"--out={out}", "train.batch_size=0", cwd=tmp_path)
+    result = run_in_process("mnist_ddp.bench", "--quick", f"--out={out}", "train.batch_size=0", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr == "error: config key 'train.batch_size' is 0; it must be at least 1\n"
     assert not out.exists() and result.stdout == ""

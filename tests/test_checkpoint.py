@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from mnist_ddp import checkpoint
+from mnist_ddp import checkpoint, rng
 from mnist_ddp.checkpoint import save_model
 from mnist_ddp.config import load_config, to_dict
 from mnist_ddp.errors import InputError
@@ -30,31 +31,36 @@ def test_model_file_loads_weights_only_and_restores_the_model(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
 
 
-def snapshot_state(step: int, hidden=(8,)) -> dict:
+def snapshot_state(step: int, hidden=(8,)) -> checkpoint.Snapshot:
     cfg = load_config(overrides=[f"model.hidden=[{','.join(map(str, hidden))}]"])
-    return {
-        "model": MLP(16, list(hidden), 0.0).state_dict(),
-        "global_step": step,
-        "config": to_dict(cfg),
-        "in_features": 16,
-        "host_rng": checkpoint.host_rng_state(),
-    }
+    return checkpoint.Snapshot(
+        progress=checkpoint.Progress(global_step=step),
+        model=MLP(16, list(hidden), 0.0).state_dict(),
+        optimizer={},
+        schedule=None,
+        rng=[rng.device_rng_state(torch.device("cpu"))],
+        host_rng=rng.host_rng_state(),
+        config=to_dict(cfg),
+        in_features=16,
+        wandb_run_id=None,
+        path=Path("s.pt"),
+    )
 
 
 def test_host_rng_round_trips_without_pickles(tmp_path):
     random.seed(3), np.random.seed(3)
-    state = checkpoint.host_rng_state()
+    state = rng.host_rng_state()
     torch.save(state, tmp_path / "rng.pt")
     expected = (random.random(), np.random.rand())
-    checkpoint.set_host_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    rng.set_host_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
     assert (random.random(), np.random.rand()) == expected
 
 
 def test_device_rng_round_trips():
     torch.manual_seed(5)
-    state = checkpoint.device_rng_state(torch.device("cpu"))
+    state = rng.device_rng_state(torch.device("cpu"))
     expected = torch.rand(3)
-    checkpoint.set_device_rng_state(state, torch.device("cpu"))
+    rng.set_device_rng_state(state, torch.device("cpu"))
     assert torch.equal(torch.rand(3), expected)
 
 
@@ -73,7 +79,8 @@ def test_auto_resume_skips_a_corrupt_newest_snapshot(tmp_path):
     newest = checkpoint.snapshot_dir(tmp_path) / "step_0000020.pt"
     newest.write_bytes(newest.read_bytes()[:500])
     logged = []
-    path, state = checkpoint.find_snapshot("auto", tmp_path, log=logged.append)
+    found = checkpoint.find_snapshot("auto", tmp_path, log=logged.append)
+    path, state = found.path, found.to_file()
     assert path.name == "step_0000010.pt" and state["global_step"] == 10
     assert len(logged) == 1 and "step_0000020.pt: unreadable, truncated or corrupt" in logged[0]
 
@@ -109,7 +116,7 @@ def test_a_snapshot_of_another_model_is_refused(tmp_path):
     state = snapshot_state(10, hidden=(8,))
     this_run = to_dict(load_config(overrides=["model.hidden=[16,8]"]))
     with pytest.raises(InputError) as err:
-        checkpoint.check_compatible(state, this_run, 16, tmp_path / "s.pt")
+        checkpoint.check_compatible(state, this_run, 16)
     assert "was saved with model.hidden=[8], this run has model.hidden=[16, 8]" in str(err.value)
     with pytest.raises(InputError, match="a model of 16 inputs, this data has 64"):
-        checkpoint.check_compatible(state, state["config"], 64, tmp_path / "s.pt")
+        checkpoint.check_compatible(state, state.config, 64)

@@ -27,7 +27,7 @@ from mnist_files import (
 )
 from torch.utils.data import DistributedSampler
 
-from mnist_ddp import data
+from mnist_ddp import data, download
 from mnist_ddp.config import DataConfig
 from mnist_ddp.errors import InputError
 
@@ -212,15 +212,15 @@ def test_corrupt_gzip_in_load_splits(tmp_path):
 def test_find_idx_files_flat(tmp_path, gz):
     write_fake_mnist(tmp_path, n_train=2, n_test=2, gz=gz)
     suffix = ".gz" if gz else ""
-    found = data.find_idx_files(tmp_path)
-    assert found == {key: tmp_path / (name + suffix) for key, name in data.IDX_NAMES.items()}
+    found = download.find_idx_files(tmp_path)
+    assert found == {key: tmp_path / (name + suffix) for key, name in download.IDX_NAMES.items()}
 
 
 def test_find_idx_files_torchvision_layout(tmp_path):
     raw = tmp_path / "MNIST" / "raw"
     train_x, _, _, test_y = write_fake_mnist(raw, n_train=6, n_test=3, gz=True)
-    found = data.find_idx_files(tmp_path)
-    assert found == {key: raw / (name + ".gz") for key, name in data.IDX_NAMES.items()}
+    found = download.find_idx_files(tmp_path)
+    assert found == {key: raw / (name + ".gz") for key, name in download.IDX_NAMES.items()}
     splits = data.load_splits(offline(tmp_path), seed=0)
     np.testing.assert_array_equal(splits.train_images.numpy(), train_x.reshape(6, 784))
     np.testing.assert_array_equal(splits.test_labels.numpy(), test_y)
@@ -229,10 +229,10 @@ def test_find_idx_files_torchvision_layout(tmp_path):
 def test_find_idx_files_reports_missing_as_none(tmp_path):
     write_fake_mnist(tmp_path, n_train=2, n_test=2)
     (tmp_path / TEST_LABELS).unlink()
-    found = data.find_idx_files(tmp_path)
+    found = download.find_idx_files(tmp_path)
     assert found["test_labels"] is None
     assert found["train_images"] == tmp_path / TRAIN_IMAGES
-    assert data.find_idx_files(tmp_path / "nowhere") == dict.fromkeys(data.IDX_NAMES)
+    assert download.find_idx_files(tmp_path / "nowhere") == dict.fromkeys(download.IDX_NAMES)
 
 
 def test_missing_files_without_download(tmp_path):

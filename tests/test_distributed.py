@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import CONFIGS, REPO
+from conftest import CONFIGS, REPO, run_in_process
 from mnist_files import write_fake_mnist
 
 from mnist_ddp import distributed
@@ -23,7 +23,6 @@ from mnist_ddp.errors import InputError
 from mnist_ddp.evaluation import evaluate_across_ranks
 from mnist_ddp.fault_injection import FAULT_ENV, PRINT_HASH_ENV
 from mnist_ddp.model import MLP
-from mnist_ddp.train import per_rank_batch_size
 
 SMOKE = str(CONFIGS / "smoke.yaml")
 OUTPUTS = ["checkpoints", "config.yaml", "metrics.jsonl", "model.pt", "plots", "summary.json"]
@@ -69,9 +68,9 @@ def test_backend_follows_the_device():
 
 
 def test_global_batch_must_split_evenly():
-    assert per_rank_batch_size(512, 2) == 256
+    assert distributed.per_rank_batch_size(512, 2) == 256
     with pytest.raises(InputError, match=r"train\.batch_size=512 does not split evenly across 3 ranks"):
-        per_rank_batch_size(512, 3)
+        distributed.per_rank_batch_size(512, 3)
 
 
 def test_epoch_shards_are_disjoint_cover_and_reshuffle():
@@ -180,7 +179,7 @@ def test_two_ranks_match_one_process(tmp_path):
         "accumulate": ["train.accumulate_steps=2", "dist.bucket_cap_mb=0.01"],
         "bf16": ["dist.comm_hook=bf16"],  # gradients rounded to bf16 on the wire: close, not equal
     }
-    one = run([sys.executable, "-m", "mnist_ddp.train", *args, f"run.dir={tmp_path / 'one'}"], cwd=tmp_path)
+    one = run_in_process("mnist_ddp.train", *args, f"run.dir={tmp_path / 'one'}", cwd=tmp_path)
     assert one.returncode == 0, one.stderr[-3000:]
     a = torch.load(tmp_path / "one" / "model.pt", weights_only=True)["state_dict"]
     diffs = {}

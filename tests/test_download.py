@@ -108,7 +108,7 @@ def fake(monkeypatch) -> Fake:
     for key, array in arrays.items():
         magic = IMAGES_MAGIC if key.endswith("images") else LABELS_MAGIC
         body = gzip.compress(idx_bytes(array, magic), mtime=0)
-        gz[data.IDX_NAMES[key] + ".gz"] = body
+        gz[download.IDX_NAMES[key] + ".gz"] = body
         md5[key] = hashlib.md5(body).hexdigest()
     monkeypatch.setattr(download, "GZ_MD5", md5)
     return Fake(arrays, gz, md5)

@@ -5,16 +5,16 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import CONFIGS, run_module
+from conftest import CONFIGS, run_in_process, run_module
 
+from mnist_ddp.checkpoint import read_weights
 from mnist_ddp.errors import InputError
-from mnist_ddp.evaluate import read_weights
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
-    result = run_module(
+    result = run_in_process(
         "mnist_ddp.train",
         "--config",
         str(CONFIGS / "smoke.yaml"),
@@ -27,7 +27,7 @@ def trained(tmp_path_factory):
 
 
 def test_evaluate_reproduces_the_summary(trained, tmp_path):
-    result = run_module("mnist_ddp.evaluate", f"checkpoint={trained / 'model.pt'}", f"out={tmp_path}", cwd=tmp_path)
+    result = run_in_process("mnist_ddp.evaluate", f"checkpoint={trained / 'model.pt'}", f"out={tmp_path}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     summary = json.loads((trained / "summary.json").read_text())
     evaluation = json.loads((tmp_path / "evaluation.json").read_text())
@@ -61,9 +61,9 @@ def test_evaluate_bad_checkpoints(tmp_path):
     junk.write_bytes(b"not a torch file")
     with pytest.raises(InputError, match="not a weights-only torch file"):
         read_weights(junk)
-    result = run_module("mnist_ddp.evaluate", f"checkpoint={junk}", cwd=tmp_path)
+    result = run_in_process("mnist_ddp.evaluate", f"checkpoint={junk}", cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.startswith(f"error: checkpoint={junk}: not a weights-only")
-    result = run_module("mnist_ddp.evaluate", "data.root=/x", cwd=tmp_path)
+    result = run_in_process("mnist_ddp.evaluate", "data.root=/x", cwd=tmp_path)
     assert (
         result.returncode == 2
         and result.stderr == "error: checkpoint=PATH is required (a run's model.pt or a snapshot)\n"

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONFIGS, REPO
+from conftest import CONFIGS, REPO, run_in_process
 
 from mnist_ddp import checkpoint
+from mnist_ddp.errors import EXIT_DIVERGED, EXIT_PREEMPTED
 from mnist_ddp.fault_injection import FAULT_ENV, PRINT_HASH_ENV
-from mnist_ddp.guard import EXIT_DIVERGED, EXIT_PREEMPTED
 
 # The digits smoke run, long enough to be interrupted, with a snapshot every 20 steps (23 a epoch).
 ARGS = ["--config", str(CONFIGS / "smoke.yaml"), "train.epochs=30", "checkpoint.every_steps=20"]
@@ -38,6 +38,20 @@ def finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[int, str, str]
     return proc.returncode, out, err
 
 
+def train_here(run_dir: Path, *extra: str, env: dict | None = None) -> tuple[int, str, str]:
+    """The same run as ``launch(PYTHON, ...)``, in this process: for what needs no process of its own."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    ran = run_in_process(
+        "mnist_ddp.train",
+        *ARGS,
+        f"run.dir={run_dir}",
+        *extra,
+        cwd=run_dir.parent,
+        env={PRINT_HASH_ENV: "1", **(env or {})},
+    )
+    return ran.returncode, ran.stdout, ran.stderr
+
+
 def final_hashes(stdout: str) -> set[str]:
     return {line.split()[-1] for line in stdout.splitlines() if line.startswith("parameter_hash ")}
 
@@ -48,7 +62,7 @@ def reference(tmp_path_factory) -> dict[str, str]:
     hashes = {}
     for name, launcher in (("one", PYTHON), ("two", TORCHRUN)):
         run_dir = tmp_path_factory.mktemp("reference") / name
-        code, out, err = finish(launch(launcher, run_dir))
+        code, out, err = train_here(run_dir) if launcher == PYTHON else finish(launch(launcher, run_dir))
         assert code == 0, err[-3000:]
         (digest,) = final_hashes(out)
         hashes[name] = digest
@@ -60,7 +74,7 @@ def test_killed_process_resumes_to_identical_weights(tmp_path, reference):
     code, _, _ = finish(launch(PYTHON, run_dir, env=environment(**{FAULT_ENV: "kill:0:107"})))
     assert code == -signal.SIGKILL
     assert checkpoint.snapshot_paths(checkpoint.snapshot_dir(run_dir))[0].name == "step_0000100.pt"
-    code, out, err = finish(launch(PYTHON, run_dir))
+    code, out, err = train_here(run_dir)
     assert code == 0, err[-3000:]
     assert "resuming from" in out and "step_0000100.pt: epoch 5, step 8 (global step 100)" in out
     assert final_hashes(out) == {reference["one"]}
@@ -90,7 +104,7 @@ def test_sigterm_saves_a_snapshot_exits_75_and_resumes_exactly(tmp_path, referen
     code, _, err = finish(proc)
     assert code == EXIT_PREEMPTED
     assert err.startswith("preempted: stop signal received: snapshot ") and "run the same command again" in err
-    code, out, err = finish(launch(PYTHON, run_dir))
+    code, out, err = train_here(run_dir)
     assert code == 0, err[-3000:]
     assert final_hashes(out) == {reference["one"]}
 
@@ -127,7 +141,7 @@ def test_corrupt_newest_snapshot_falls_back_to_the_previous_one(tmp_path, refere
     code, _, _ = finish(launch(PYTHON, run_dir, env=environment(**{FAULT_ENV: "kill:0:107"})))
     newest = checkpoint.snapshot_dir(run_dir) / "step_0000100.pt"
     newest.write_bytes(newest.read_bytes()[: len(newest.read_bytes()) // 2])
-    code, out, err = finish(launch(PYTHON, run_dir))
+    code, out, err = train_here(run_dir)
     assert code == 0, err[-3000:]
     assert "warning: skipping snapshot" in out and "step_0000100.pt: unreadable, truncated or corrupt" in out
     assert "step_0000092.pt: epoch 5, step 0 (global step 92)" in out
@@ -136,11 +150,9 @@ def test_corrupt_newest_snapshot_falls_back_to_the_previous_one(tmp_path, refere
 
 def test_resuming_another_model_or_a_pickle_is_a_one_line_error(tmp_path):
     run_dir = tmp_path / "run"
-    code, _, err = finish(launch(PYTHON, run_dir, "train.epochs=1", "checkpoint.every_steps=0"))
+    code, _, err = train_here(run_dir, "train.epochs=1", "checkpoint.every_steps=0")
     snapshot = checkpoint.snapshot_paths(checkpoint.snapshot_dir(run_dir))[0]
-    code, _, err = finish(
-        launch(PYTHON, tmp_path / "other", "train.epochs=1", f"resume={snapshot}", "model.hidden=[64]")
-    )
+    code, _, err = train_here(tmp_path / "other", "train.epochs=1", f"resume={snapshot}", "model.hidden=[64]")
     assert code == 2
     assert err.startswith(
         f"error: {snapshot} was saved with model.hidden=[256, 256, 256, 128, 128], this run has model.hidden=[64];"
@@ -148,14 +160,14 @@ def test_resuming_another_model_or_a_pickle_is_a_one_line_error(tmp_path):
     assert err.count("\n") == 1
     evil = tmp_path / "evil.pt"
     torch.save({"format": checkpoint.FORMAT, "run": subprocess.Popen}, evil)
-    code, _, err = finish(launch(PYTHON, tmp_path / "third", f"resume={evil}"))
+    code, _, err = train_here(tmp_path / "third", f"resume={evil}")
     assert code == 2 and err.startswith(f"error: {evil}: refused, it is not a weights-only checkpoint")
     assert err.count("\n") == 1
 
 
 def test_nan_stops_the_job_and_keeps_the_last_good_snapshot(tmp_path):
     run_dir = tmp_path / "run"
-    code, _, err = finish(launch(PYTHON, run_dir, env=environment(**{FAULT_ENV: "nan:0:47"})))
+    code, _, err = train_here(run_dir, env={FAULT_ENV: "nan:0:47"})
     assert code == EXIT_DIVERGED
     assert err.startswith("error: non-finite loss or weights at step 47 (epoch 3)")
     folder = checkpoint.snapshot_dir(run_dir)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import run_module
+from conftest import run_in_process
 from PIL import Image
 
 from mnist_ddp.data import DataConfig, load_splits
@@ -42,7 +42,7 @@ def test_dark_on_light_gives_the_same_digit_as_light_on_dark():
 @pytest.fixture(scope="module")
 def mnist_model(real_mnist, tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
-    result = run_module("mnist_ddp.train", f"data.root={real_mnist}", "train.epochs=3", f"run.dir={root}", cwd=root)
+    result = run_in_process("mnist_ddp.train", f"data.root={real_mnist}", "train.epochs=3", f"run.dir={root}", cwd=root)
     assert result.returncode == 0, result.stderr
     return root / "model.pt"
 
@@ -85,7 +85,7 @@ def test_predict_reads_test_digits_in_any_polarity_and_size(mnist_model, real_mn
     images, labels = data.test_images[:20], data.test_labels[:20].tolist()
     variants = write_variants(images, tmp_path)
     files = [f for kind in variants.values() for f in kind]
-    result = run_module("mnist_ddp.predict", f"checkpoint={mnist_model}", *files, cwd=tmp_path)
+    result = run_in_process("mnist_ddp.predict", f"checkpoint={mnist_model}", *files, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     predicted = predictions(result.stdout)
     for kind, names in variants.items():
@@ -102,7 +102,7 @@ def test_unreadable_files_are_reported_and_the_rest_predicted(mnist_model, tmp_p
     fake = tmp_path / "fake.png"
     fake.write_text("not an image")
     missing = tmp_path / "missing.png"
-    result = run_module(
+    result = run_in_process(
         "mnist_ddp.predict", f"checkpoint={mnist_model}", str(missing), str(fake), str(good), cwd=tmp_path
     )
     assert result.returncode == 2

@@ -6,13 +6,13 @@ import json
 
 import pytest
 import torch
-from conftest import CONFIGS, run_module
+from conftest import CONFIGS, run_in_process, run_module
 
 from mnist_ddp.config import TrainConfig
 from mnist_ddp.data import DataConfig, load_splits
 from mnist_ddp.evaluation import evaluate
 from mnist_ddp.model import MLP
-from mnist_ddp.train import build_optimizer, build_schedule
+from mnist_ddp.optimizer import build_optimizer, build_schedule
 
 OUTPUTS = ["checkpoints", "config.yaml", "metrics.jsonl", "model.pt", "plots", "summary.json"]
 SUMMARY_KEYS = {
@@ -85,7 +85,9 @@ def read_run(run_dir):
 
 def test_smoke_run_learns_digits_and_writes_every_output(tmp_path):
     run_dir = tmp_path / "run"
-    result = run_module("mnist_ddp.train", "--config", str(CONFIGS / "smoke.yaml"), f"run.dir={run_dir}", cwd=tmp_path)
+    result = run_in_process(
+        "mnist_ddp.train", "--config", str(CONFIGS / "smoke.yaml"), f"run.dir={run_dir}", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in run_dir.iterdir()) == OUTPUTS
     records, summary = read_run(run_dir)
@@ -112,16 +114,16 @@ def test_smoke_run_learns_digits_and_writes_every_output(tmp_path):
 
 def test_same_seed_same_run(tmp_path):
     args = ["--config", str(CONFIGS / "smoke.yaml"), "train.epochs=2"]
-    a = run_module("mnist_ddp.train", *args, f"run.dir={tmp_path / 'a'}", cwd=tmp_path)
-    b = run_module("mnist_ddp.train", *args, f"run.dir={tmp_path / 'b'}", cwd=tmp_path)
-    c = run_module("mnist_ddp.train", *args, "seed=1", f"run.dir={tmp_path / 'c'}", cwd=tmp_path)
+    a = run_in_process("mnist_ddp.train", *args, f"run.dir={tmp_path / 'a'}", cwd=tmp_path)
+    b = run_in_process("mnist_ddp.train", *args, f"run.dir={tmp_path / 'b'}", cwd=tmp_path)
+    c = run_in_process("mnist_ddp.train", *args, "seed=1", f"run.dir={tmp_path / 'c'}", cwd=tmp_path)
     assert a.returncode == b.returncode == c.returncode == 0
     loss = [[r["train_loss"] for r in read_run(tmp_path / d)[0]] for d in "abc"]
     assert loss[0] == loss[1] != loss[2]
 
 
 def test_default_run_dir_is_a_timestamped_folder_under_runs(tmp_path):
-    result = run_module("mnist_ddp.train", "--config", str(CONFIGS / "smoke.yaml"), "train.epochs=1", cwd=tmp_path)
+    result = run_in_process("mnist_ddp.train", "--config", str(CONFIGS / "smoke.yaml"), "train.epochs=1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert run_dir.name[:8].isdigit() and (run_dir / "summary.json").is_file()
@@ -143,7 +145,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message
     empty = tmp_path / "no-data"
     empty.mkdir()
     run_dir = tmp_path / "run"
-    result = run_module("mnist_ddp.train", *args, f"data.root={empty}", f"run.dir={run_dir}", cwd=tmp_path)
+    result = run_in_process("mnist_ddp.train", *args, f"data.root={empty}", f"run.dir={run_dir}", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and message in result.stderr, result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
@@ -164,7 +166,7 @@ def test_corrupt_data_file_is_named(tmp_path):
 
 def test_default_config_on_real_mnist_beats_97_5(tmp_path, real_mnist):
     run_dir = tmp_path / "run"
-    result = run_module("mnist_ddp.train", f"data.root={real_mnist}", f"run.dir={run_dir}", cwd=tmp_path)
+    result = run_in_process("mnist_ddp.train", f"data.root={real_mnist}", f"run.dir={run_dir}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     records, summary = read_run(run_dir)
     assert summary["test_examples"] == 10_000
@@ -174,7 +176,7 @@ def test_default_config_on_real_mnist_beats_97_5(tmp_path, real_mnist):
 
 def test_seed_config_runs_on_the_blog_split(tmp_path, real_mnist):
     run_dir = tmp_path / "run"
-    result = run_module(
+    result = run_in_process(
         "mnist_ddp.train",
         "--config",
         str(CONFIGS / "seed.yaml"),
