@@ -30,9 +30,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mnist_ddp.atomic import atomic_write_json
 from mnist_ddp.config import ModelConfig, load_config
 from mnist_ddp.console import say
-from mnist_ddp.errors import InputError
+from mnist_ddp.entry import report_unexpected
+from mnist_ddp.errors import InputError, JobError
+from mnist_ddp.rundir import check_output_folder
 
 # The model's layer widths: MNIST pixels, the default hidden layers (the blog's MLP), 10 classes.
 WIDTHS = [784, *ModelConfig().hidden, 10]
@@ -131,7 +134,7 @@ def run_worker(kind: str, argument: int, concurrent: int = 1) -> list[dict[str, 
     for p in procs:
         out, _ = p.communicate()
         if p.returncode != 0:
-            raise SystemExit(f"error: benchmark worker {kind} failed (exit {p.returncode})")
+            raise JobError(f"benchmark worker {kind} failed (exit {p.returncode})")
         results.append(json.loads(out.strip().splitlines()[-1]))
     return results
 
@@ -155,7 +158,7 @@ def train_row(name: str, ranks: int, overrides: list[str], folder: Path) -> dict
     result = subprocess.run([sys.executable, *args], capture_output=True, text=True)
     if result.returncode != 0:
         tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise SystemExit(f"error: benchmark run '{name}' failed (exit {result.returncode}): {tail}")
+        raise JobError(f"benchmark run '{name}' failed (exit {result.returncode}): {tail}")
     summary = json.loads((run_dir / "summary.json").read_text())
     rate = steady_samples_per_second(run_dir)
     return {
@@ -211,44 +214,63 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         load_config(None, args.overrides)  # a bad override fails here, before minutes of measuring
+        check_output_folder(Path(args.out).parent, "--out")
     except InputError as e:
         say(f"error: {e}", sys.stderr)
-        return 2
+        return e.exit_code
+    limit: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    code = 0
+    try:
+        measure(args, limit, rows)
+    except JobError as e:  # a row that failed: report it, keep the rows that finished
+        say(f"error: {e}", sys.stderr)
+        code = e.exit_code
+    except Exception as e:
+        code = report_unexpected(e, "bench")
+    if not limit:
+        return code
+    annotate(rows, limit)
+    table = format_table(rows, limit)
+    say(table)
+    atomic_write_json(args.out, {"limit": limit, "rows": rows, "table": table, "complete": code == 0})
+    say(f"\nwrote {args.out}" + ("" if code == 0 else " (the rows that finished)"))
+    return code
 
+
+def measure(args: argparse.Namespace, limit: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """Fill ``limit`` and append each row to ``rows`` as it finishes, so a failure keeps the finished ones."""
     limit_1x = run_worker("limit", os.cpu_count() or 1)[0]
     limit_2x1 = run_worker("limit", 1, concurrent=2)
-    limit = {
+    limit |= {
         "fp32_1x": limit_1x["fp32"],
         "bf16_1x": limit_1x["bf16"],
         "fp32_2x1": sum(r["fp32"] for r in limit_2x1),
         "peak_rss_mb": limit_1x["peak_rss_mb"],
     }
     seed = run_worker("seed", 50 if args.quick else 500)[0]
-    rows: list[dict[str, Any]] = [
-        {"name": "seed-loop (blog)", "ranks": 1, **seed, "peak_rss_mb": [seed["peak_rss_mb"]]},
-    ]
+    rows.append({"name": "seed-loop (blog)", "ranks": 1, **seed, "peak_rss_mb": [seed["peak_rss_mb"]]})
     epochs = ["train.epochs=2"] if args.quick else []
     ddp_epochs = ["train.epochs=2"] if args.quick else ["train.epochs=3"]
     with tempfile.TemporaryDirectory(prefix="mnist_ddp_bench_") as tmp:
-        one = train_row("mnist_ddp default", 1, [*epochs, *args.overrides], Path(tmp))
-        rows.append(one)
+        rows.append(train_row("mnist_ddp default", 1, [*epochs, *args.overrides], Path(tmp)))
         for name, options in DDP_ROWS[:1] if args.quick else DDP_ROWS:
             rows.append(train_row(name, 2, ["train.threads=1", *ddp_epochs, *options, *args.overrides], Path(tmp)))
         if not args.quick:
             rows.append(train_row("ddp 2x2 threads", 2, ["train.threads=2", *ddp_epochs, *args.overrides], Path(tmp)))
+
+
+def annotate(rows: list[dict[str, Any]], limit: dict[str, Any]) -> None:
+    """Each row's fraction of the machine's limit, the default's multiple of the matmul floor, DDP's speed-up."""
+    one = next((r for r in rows if r["name"] == "mnist_ddp default"), None)
     for r in rows:
         limit_gflops = limit["fp32_2x1"] if r["ranks"] > 1 else limit["fp32_1x"]
         limit_rate = limit_gflops * 1e9 / FLOPS_PER_SAMPLE
         r["fraction_of_limit"] = r["samples_per_second"] / limit_rate
-        if r["name"] == "mnist_ddp default":
+        if r is one:
             r["times_floor"] = r["seconds_per_epoch"] / (EPOCH_IMAGES / limit_rate)
-        if r["ranks"] > 1:
+        if r["ranks"] > 1 and one is not None:
             r["vs_one_process"] = r["samples_per_second"] / one["samples_per_second"]
-    table = format_table(rows, limit)
-    say(table)
-    Path(args.out).write_text(json.dumps({"limit": limit, "rows": rows, "table": table}, indent=2) + "\n")
-    say(f"\nwrote {args.out}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -28,7 +28,9 @@ from mnist_ddp.errors import InputError, first_line
 
 FORMAT = "mnist_ddp.snapshot/1"
 SNAPSHOT_RE = re.compile(r"step_(\d{7,})\.pt")
-# Keys that must match for a snapshot to continue this run exactly (or at all).
+# Keys that must match for a snapshot to continue this run exactly (or at all). The last five
+# live in the optimizer's saved state, which a resumed run restores: a new value would be
+# recorded in config.yaml and then not used.
 MUST_MATCH = (
     "seed",
     "data.dataset",
@@ -40,6 +42,11 @@ MUST_MATCH = (
     "train.batch_size",
     "train.optimizer",
     "train.schedule",
+    "train.lr",
+    "train.momentum",
+    "train.nesterov",
+    "train.weight_decay",
+    "train.beta2",
 )
 
 
@@ -162,7 +169,7 @@ def load_weights_only(path: Path, label: str) -> Any:
         if zipfile.is_zipfile(path):
             raise InputError(f"{label}: refused, it is not a weights-only checkpoint ({first_line(e)})") from None
         raise InputError(f"{label}: not a weights-only torch file ({type(e).__name__})") from None
-    except (OSError, RuntimeError, EOFError, ValueError) as e:
+    except Exception as e:  # a damaged archive fails in many ways, none of them ours to crash on
         raise InputError(f"{label}: unreadable, truncated or corrupt ({type(e).__name__})") from None
 
 
@@ -182,13 +189,25 @@ def snapshot_dir(run_dir: Path) -> Path:
     return run_dir / "checkpoints"
 
 
+def step_of(path: Path) -> int:
+    """The global step in a snapshot's file name."""
+    return int(SNAPSHOT_RE.fullmatch(path.name).group(1))  # type: ignore[union-attr]
+
+
 def save_snapshot(run_dir: Path, snapshot: Snapshot, keep: int) -> Path:
-    """Write ``snapshot`` as step_XXXXXXX.pt, point ``latest`` at it, and delete all but the newest ``keep``."""
+    """Write ``snapshot`` as step_XXXXXXX.pt, point ``latest`` at it, and keep the ``keep`` newest.
+
+    Newest means up to this step: a snapshot of a later step is left from a timeline this run
+    abandoned (it resumed from before it, past an unreadable one) and goes; the file just
+    written never does.
+    """
     folder = snapshot_dir(run_dir)
-    path = folder / f"step_{snapshot.progress.global_step:07d}.pt"
+    step = snapshot.progress.global_step
+    path = folder / f"step_{step:07d}.pt"
     atomic_torch_save(path, snapshot.to_file())
     atomic_write_text(folder / "latest", path.name + "\n")
-    for old in snapshot_paths(folder)[keep:]:
+    earlier = [p for p in snapshot_paths(folder) if step_of(p) < step]
+    for old in [p for p in snapshot_paths(folder) if step_of(p) > step] + earlier[keep - 1 :]:
         old.unlink(missing_ok=True)
     return path
 
@@ -198,7 +217,7 @@ def snapshot_paths(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     found = [p for p in folder.iterdir() if SNAPSHOT_RE.fullmatch(p.name)]
-    return sorted(found, key=lambda p: int(SNAPSHOT_RE.fullmatch(p.name).group(1)), reverse=True)  # type: ignore[union-attr]
+    return sorted(found, key=step_of, reverse=True)
 
 
 def read_snapshot(path: Path) -> Snapshot:
@@ -220,10 +239,11 @@ def lookup(config: dict[str, Any], dotted: str) -> Any:
 def check_compatible(snapshot: Snapshot, config: dict[str, Any], in_features: int) -> None:
     """Refuse a snapshot of another model or of a run this config cannot continue."""
     for key in MUST_MATCH:
-        if lookup(snapshot.config, key) != lookup(config, key):
+        saved, now = lookup(snapshot.config, key), lookup(config, key)
+        if saved != now:
             raise InputError(
-                f"{snapshot.path} was saved with {key}={lookup(snapshot.config, key)},"
-                f" this run has {key}={lookup(config, key)}; use the same config, resume=none, or another run.dir"
+                f"{snapshot.path} was saved with {key}={saved}, this run has {key}={now};"
+                f" set {key}={saved} to continue it, or start over in another run.dir"
             )
     if snapshot.in_features != in_features:
         raise InputError(f"{snapshot.path} is a model of {snapshot.in_features} inputs, this data has {in_features}")
@@ -259,5 +279,30 @@ def find_snapshot(resume: str, run_dir: Path | None, log: Any = warn) -> Snapsho
             problems.append(str(e))
             log(f"skipping snapshot {e}")
     raise InputError(
-        f"no readable snapshot in {folder} ({len(problems)} tried); resume=none starts over, or choose another run.dir"
+        f"no readable snapshot in {folder} ({len(problems)} tried); resume=none starts over once you delete them,"
+        " or choose another run.dir"
     )
+
+
+def check_one_timeline(resume: str, resume_from: Snapshot | None, run_dir: Path) -> None:
+    """A run.dir holds one run: a run that writes into it must continue from its newest snapshot.
+
+    resume=auto always does. Starting afresh (resume=none), or from a snapshot of another folder
+    or an older one of this folder, would mix two runs: pruning would delete the new run's
+    snapshots in favour of the old run's later steps, and a later resume=auto would continue
+    the wrong run.
+    """
+    existing = snapshot_paths(snapshot_dir(run_dir))
+    if resume == "auto" or not existing:
+        return
+    newest = existing[0]
+    if resume_from is None:
+        raise InputError(
+            f"run.dir={run_dir} holds snapshots of an earlier run (newest {newest.name}); resume=auto continues it,"
+            " or choose another run.dir (or delete its checkpoints folder) to start over"
+        )
+    if Path(resume).resolve() != newest.resolve():
+        raise InputError(
+            f"run.dir={run_dir} holds snapshots of a run that {resume} did not end (newest {newest.name});"
+            f" resume=auto continues that run, or resume from {resume} into another run.dir"
+        )

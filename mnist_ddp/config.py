@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import math
 import os
+import sys
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,9 @@ from yaml import YAMLError
 from mnist_ddp.download import DATA_ENV_VAR, MNIST_MIRRORS
 from mnist_ddp.errors import InputError, first_line
 
+MAX_WIDTH = 65_536  # a hidden layer wider than this needs gigabytes per weight matrix
+MAX_SECONDS = 7 * 24 * 3600
+IN_SECONDS = f"greater than 0 and at most {MAX_SECONDS} (a week)"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_FILE = REPO_ROOT / "configs" / "default.yaml"
 
@@ -208,10 +213,17 @@ def load_yaml(path: Path) -> DictConfig:
 
 
 def merge(base: DictConfig, node: DictConfig, source: str) -> DictConfig:
-    """Merge ``node`` into the typed ``base``, turning type errors into one-line InputErrors."""
-    check_known_keys(node, source)
-    for key in leaf_keys(node):
-        value = OmegaConf.select(node, key)
+    """Merge ``node`` into the typed ``base``, turning type errors into one-line InputErrors.
+
+    ``node`` is read as written (``???`` markers and ``${...}`` interpolations unresolved);
+    :func:`load_config` reports those that do not resolve once everything is merged.
+    """
+    plain = OmegaConf.to_container(node, resolve=False)
+    check_known_keys(plain, source)
+    for key in leaf_keys(plain):
+        value: Any = plain
+        for part in key.split("."):
+            value = value[part]
         try:
             OmegaConf.update(base, key, value, merge=False)
         except (OmegaConfBaseException, ValueError) as e:
@@ -221,14 +233,28 @@ def merge(base: DictConfig, node: DictConfig, source: str) -> DictConfig:
     return base
 
 
+def check_finite(node: Any, prefix: str = "") -> None:
+    """Reject infinities and NaN in any float key: every library downstream would choke on them later."""
+    for f in fields(node):
+        value = getattr(node, f.name)
+        if is_dataclass(value):
+            check_finite(value, f"{prefix}{f.name}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise InputError(f"config key '{prefix}{f.name}' is {value}; it must be a finite number")
+
+
 def validate(cfg: Config) -> None:
-    """Reject impossible values before any work starts."""
+    """Reject impossible values before any work starts, including ones numpy, torch or the
+    standard library would only reject minutes later (seeds, infinities, absurd sizes)."""
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(OmegaConf.structured(cfg), key)
         if value not in allowed:
             raise InputError(f"config key '{key}' is {value!r}; choose one of: {', '.join(allowed)}")
+    check_finite(cfg)
     t, m, d = cfg.train, cfg.model, cfg.data
     checks = [
+        # numpy and scikit-learn take seeds below 2**32; the ranks use seed + rank.
+        (0 <= cfg.seed < 2**32 - 2**16, "seed", cfg.seed, f"between 0 and {2**32 - 2**16 - 1}"),
         (t.epochs >= 1, "train.epochs", t.epochs, "at least 1"),
         (t.batch_size >= 1, "train.batch_size", t.batch_size, "at least 1"),
         (t.eval_batch_size >= 1, "train.eval_batch_size", t.eval_batch_size, "at least 1"),
@@ -248,6 +274,8 @@ def validate(cfg: Config) -> None:
         (0 <= m.dropout < 1, "model.dropout", m.dropout, "in [0, 1)"),
         (len(m.hidden) >= 1, "model.hidden", list(m.hidden), "a non-empty list of widths, e.g. [256,128]"),
         (all(w >= 1 for w in m.hidden), "model.hidden", list(m.hidden), "widths of at least 1"),
+        (all(w <= MAX_WIDTH for w in m.hidden), "model.hidden", list(m.hidden), f"widths of at most {MAX_WIDTH}"),
+        (t.threads <= 1024, "train.threads", t.threads, "at most 1024"),
         (d.seed_train_size >= 1, "data.seed_train_size", d.seed_train_size, "at least 1"),
         (d.seed_test_size >= 1, "data.seed_test_size", d.seed_test_size, "at least 1"),
         (cfg.checkpoint.every_steps >= 0, "checkpoint.every_steps", cfg.checkpoint.every_steps, "at least 0"),
@@ -260,8 +288,13 @@ def validate(cfg: Config) -> None:
         ),
         (cfg.log.every_steps >= 1, "log.every_steps", cfg.log.every_steps, "at least 1"),
         (cfg.resume != "", "resume", cfg.resume, "auto, none or the path of a snapshot"),
-        (cfg.dist.timeout_seconds > 0, "dist.timeout_seconds", cfg.dist.timeout_seconds, "greater than 0"),
-        (d.download_timeout_seconds > 0, "data.download_timeout_seconds", d.download_timeout_seconds, "greater than 0"),
+        (0 < cfg.dist.timeout_seconds <= MAX_SECONDS, "dist.timeout_seconds", cfg.dist.timeout_seconds, IN_SECONDS),
+        (
+            0 < d.download_timeout_seconds <= MAX_SECONDS,
+            "data.download_timeout_seconds",
+            d.download_timeout_seconds,
+            IN_SECONDS,
+        ),
     ]
     for ok, key, value, need in checks:
         if not ok:
@@ -279,7 +312,11 @@ def load_config(
     elif config_file or path.is_file():
         cfg = merge(cfg, load_yaml(path), str(path))
     cfg = merge(cfg, parse_overrides(overrides or []), "command line")
-    config: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    try:
+        config: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    except OmegaConfBaseException as e:  # a ??? marker or an interpolation that does not resolve
+        key = getattr(e, "full_key", None) or "?"
+        raise InputError(f"config key '{key}': {first_line(e)}; give it a plain value, e.g. {key}=...") from None
     if not config.data.root:
         config.data.root = os.environ.get(DATA_ENV_VAR) or "data"
     validate(config)
@@ -309,6 +346,18 @@ def help_text() -> str:
     return "\n".join(lines)
 
 
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mnist_ddp.config [--config FILE] [key=value ...]``: print the resolved config as
+    YAML, or its one-line error (exit 2). The launch scripts run it before torchrun starts workers."""
+    try:
+        cfg = parse_args(argv, prog="python -m mnist_ddp.config")
+    except InputError as e:
+        sys.stderr.write(f"error: {e}\n")
+        return e.exit_code
+    sys.stdout.write(to_yaml(cfg))
+    return 0
+
+
 def parse_args(argv: list[str] | None, prog: str) -> Config:
     """Parse ``[--config FILE] [key=value ...]`` into a validated Config."""
     parser = argparse.ArgumentParser(
@@ -321,3 +370,7 @@ def parse_args(argv: list[str] | None, prog: str) -> Config:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=5")
     args = parser.parse_intermixed_args(argv)  # overrides may come before and after --config
     return load_config(args.config, args.overrides)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -91,12 +91,14 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
         kind = "images" if magic == IMAGES_MAGIC else "labels"
         raise InputError(f"{path}: magic number {found} is not an IDX {kind} file ({magic}); wrong or corrupt file")
     dims = struct.unpack(f">{ndim}I", raw[4:header_len])
-    expected = header_len + int(np.prod(dims, dtype=np.int64))
+    expected = header_len + math.prod(dims)  # Python ints: four 32-bit sizes can overflow int64
     if len(raw) != expected:
         raise InputError(
             f"{path}: header says {'x'.join(map(str, dims))} ({expected} bytes) but the file has {len(raw)} bytes;"
             " the file is truncated or corrupt"
         )
+    if dims[0] == 0:
+        raise InputError(f"{path}: the header says it holds no items; the file is empty or corrupt")
     # bytearray: a writable buffer, which torch.from_numpy needs to share memory safely.
     return np.frombuffer(bytearray(raw), dtype=np.uint8, offset=header_len).reshape(dims)
 

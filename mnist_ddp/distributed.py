@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from mnist_ddp.config import DistConfig
-from mnist_ddp.errors import InputError, PeerFailed
+from mnist_ddp.errors import InputError, PeerFailed, first_line
 
 
 @dataclass(frozen=True)
@@ -43,29 +43,53 @@ def first_host(nodelist: str) -> str:
     return prefix + first + suffix
 
 
+def env_int(env: Mapping[str, str], name: str, default: int | None = None) -> int:
+    """An integer launcher variable; a value that is not one is an InputError naming it."""
+    value = env.get(name)
+    if value is None or value == "":
+        if default is None:
+            raise InputError(f"{name} is not set; start the job with torchrun or srun, which set it")
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise InputError(
+            f"{name}={value!r} is not a whole number; it comes from the launcher (torchrun, srun): fix or unset it"
+        ) from None
+
+
 def read_launch(env: Mapping[str, str] = os.environ) -> Launch:
     """Rank and rendezvous address from torchrun's variables, else a bare ``srun``'s, else world size 1."""
     if "RANK" in env and "WORLD_SIZE" in env:
-        return Launch(
-            rank=int(env["RANK"]),
-            local_rank=int(env.get("LOCAL_RANK", "0")),
-            world_size=int(env["WORLD_SIZE"]),
+        launch = Launch(
+            rank=env_int(env, "RANK"),
+            local_rank=env_int(env, "LOCAL_RANK", 0),
+            world_size=env_int(env, "WORLD_SIZE"),
             launcher="torchrun",
             master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
-            master_port=int(env.get("MASTER_PORT", "29500")),
+            master_port=env_int(env, "MASTER_PORT", 29500),
         )
-    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
+    elif env_int(env, "SLURM_NTASKS", 1) > 1 and "SLURM_PROCID" in env:
         # srun starts every task itself: derive one address and port that all tasks agree on.
-        job_id = int(env.get("SLURM_JOB_ID", "0"))
-        return Launch(
-            rank=int(env["SLURM_PROCID"]),
-            local_rank=int(env.get("SLURM_LOCALID", "0")),
-            world_size=int(env["SLURM_NTASKS"]),
+        job_id = env_int(env, "SLURM_JOB_ID", 0)
+        launch = Launch(
+            rank=env_int(env, "SLURM_PROCID"),
+            local_rank=env_int(env, "SLURM_LOCALID", 0),
+            world_size=env_int(env, "SLURM_NTASKS"),
             launcher="slurm",
             master_addr=env.get("MASTER_ADDR") or first_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1")),
-            master_port=int(env.get("MASTER_PORT") or 20000 + job_id % 20000),
+            master_port=env_int(env, "MASTER_PORT", 20000 + job_id % 20000),
         )
-    return Launch()
+    else:
+        return Launch()
+    if not (0 <= launch.rank < launch.world_size and launch.local_rank >= 0):
+        raise InputError(
+            f"rank {launch.rank} (local rank {launch.local_rank}) does not fit a world of {launch.world_size} ranks;"
+            f" check the {launch.launcher} launch variables"
+        )
+    if not 0 < launch.master_port < 65536:
+        raise InputError(f"MASTER_PORT={launch.master_port} is not a TCP port; choose one in 1-65535")
+    return launch
 
 
 def choose_device(requested: str, local_rank: int) -> torch.device:
@@ -99,25 +123,34 @@ def init(launch: Launch, backend: str, device: torch.device, timeout_seconds: fl
     timeout = timedelta(seconds=timeout_seconds)
     # Under torchrun the agent hosts the store; otherwise (srun) rank 0 does.
     agent_hosts_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-    store = dist.TCPStore(
-        launch.master_addr,
-        launch.master_port,
-        launch.world_size,
-        is_master=launch.rank == 0 and not agent_hosts_store,
-        timeout=timeout,
-        wait_for_workers=False,
-    )
-    # After an elastic restart the store can still hold the dead workers' addresses, and gloo
-    # would dial them ("Connection refused"); a key prefix per attempt keeps each attempt apart.
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    dist.init_process_group(
-        backend=backend,
-        store=dist.PrefixStore(f"mnist_ddp/attempt_{attempt}", store),
-        rank=launch.rank,
-        world_size=launch.world_size,
-        timeout=timeout,
-        device_id=device if device.type == "cuda" else None,
-    )
+    address = f"{launch.master_addr}:{launch.master_port}"
+    try:
+        store = dist.TCPStore(
+            launch.master_addr,
+            launch.master_port,
+            launch.world_size,
+            is_master=launch.rank == 0 and not agent_hosts_store,
+            timeout=timeout,
+            wait_for_workers=False,
+        )
+        # After an elastic restart the store can still hold the dead workers' addresses, and gloo
+        # would dial them ("Connection refused"); a key prefix per attempt keeps each attempt apart.
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group(
+            backend=backend,
+            store=dist.PrefixStore(f"mnist_ddp/attempt_{attempt}", store),
+            rank=launch.rank,
+            world_size=launch.world_size,
+            timeout=timeout,
+            device_id=device if device.type == "cuda" else None,
+        )
+    except (RuntimeError, ValueError) as e:  # torch's DistError family: a port in use, a peer missing
+        raise InputError(
+            f"rank {launch.rank} of {launch.world_size} could not join the process group at {address}"
+            f" ({type(e).__name__}: {first_line(e)}); check that MASTER_ADDR:MASTER_PORT is a free port every"
+            f" node can reach and that all {launch.world_size} ranks start (dist.timeout_seconds={timeout_seconds:g})",
+            rank_specific=True,
+        ) from None
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

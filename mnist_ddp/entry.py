@@ -1,22 +1,63 @@
 """The life cycle every distributed command shares (train, evaluate): launcher, device, process
-group, one-line errors with their exit codes, and a teardown that leaves no rank waiting."""
+group, one-line errors with their exit codes, and a teardown that leaves no rank waiting.
+
+Every failure ends as one line on stderr and a distinct exit code: a :class:`JobError` prints
+its own message; Ctrl-C is ``interrupted: ...`` (130); anything unexpected is ``error: ...
+unexpected <type>: <message>`` (1) with the full traceback written to a file named on that
+line (or printed, with ``MNIST_DDP_DEBUG=1``).
+"""
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 import time
+import traceback
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 from mnist_ddp import distributed
 from mnist_ddp.config import Config
 from mnist_ddp.console import say
-from mnist_ddp.errors import JobError
+from mnist_ddp.errors import EXIT_CRASH, EXIT_INTERRUPTED, JobError, first_line
+
+DEBUG_ENV = "MNIST_DDP_DEBUG"
+
+
+def save_traceback(command: str, rank: int) -> Path | None:
+    """Write the exception being handled, traceback and all, to a file; its path (None if unwritable)."""
+    path = Path(tempfile.gettempdir()) / f"mnist_ddp-{command}-rank{rank}-{os.getpid()}.traceback"
+    try:
+        path.write_text(traceback.format_exc())
+    except OSError:
+        return None
+    return path
+
+
+def report_unexpected(e: Exception, command: str, rank: int = 0, world_size: int = 1) -> int:
+    """One line for an exception that is no JobError, naming where its traceback went; the exit code.
+
+    With MNIST_DDP_DEBUG=1 the exception is raised again instead, traceback and all.
+    """
+    if os.environ.get(DEBUG_ENV) == "1":
+        raise e
+    where = save_traceback(command, rank)
+    kept = f"traceback in {where}" if where else "no traceback file could be written"
+    prefix = f"[rank {rank}] " if world_size > 1 else ""
+    say(
+        f"error: {prefix}unexpected {type(e).__name__}: {first_line(e)} ({kept}; {DEBUG_ENV}=1 prints it here)",
+        sys.stderr,
+    )
+    return EXIT_CRASH
 
 
 def run_command(
-    parse: Callable[[], Config], body: Callable[[Config, distributed.Launch, torch.device, str], object]
+    parse: Callable[[], Config],
+    body: Callable[[Config, distributed.Launch, torch.device, str], object],
+    command: str = "train",
 ) -> int:
     """Parse the config, join the process group, run ``body``, report errors once, and leave cleanly."""
     launch = distributed.Launch()
@@ -38,6 +79,12 @@ def run_command(
             # torchrun stops the whole group as soon as one worker exits: give rank 0 time to print.
             time.sleep(2)
         return e.exit_code
+    except KeyboardInterrupt:
+        if launch.rank == 0:
+            say("interrupted: stopped at once; a training run resumes from its last snapshot if run again", sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        return report_unexpected(e, command, launch.rank, launch.world_size)
     finally:
         distributed.shutdown(clean)
     return 0

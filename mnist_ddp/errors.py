@@ -8,15 +8,18 @@ ranks prints it; an error every rank hits alike is printed by rank 0 alone.
 
 from __future__ import annotations
 
+EXIT_CRASH = 1  # an unexpected exception: one line here, the traceback in a file
 EXIT_INPUT = 2
 EXIT_DIVERGED = 3
+EXIT_OUTPUT = 74  # EX_IOERR: an output could not be written (disk full, read-only, no permission)
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: a snapshot was saved; run the same command again to resume
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 
 
 class JobError(Exception):
     """A failure reported as one line; subclasses set the exit code and the line's label."""
 
-    exit_code = 1
+    exit_code = EXIT_CRASH
     label = "error"
 
     def __init__(self, message: str, rank_specific: bool = False) -> None:
@@ -42,11 +45,24 @@ class Diverged(JobError):
     exit_code = EXIT_DIVERGED
 
 
+class OutputError(JobError):
+    """An output file could not be written; the message names the file and the system's reason."""
+
+    exit_code = EXIT_OUTPUT
+
+
 class Preempted(JobError):
     """A stop was requested and a snapshot saved. Not a failure: the job resumes when rerun."""
 
     exit_code = EXIT_PREEMPTED
     label = "preempted"
+
+
+class Interrupted(JobError):
+    """Ctrl-C: stopped at an agreed step with a snapshot, or at once on a second Ctrl-C."""
+
+    exit_code = EXIT_INTERRUPTED
+    label = "interrupted"
 
 
 def first_line(e: BaseException) -> str:

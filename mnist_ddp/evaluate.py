@@ -28,6 +28,7 @@ from mnist_ddp.entry import run_command
 from mnist_ddp.errors import InputError, first_line
 from mnist_ddp.evaluation import confusion_text, evaluate_across_ranks
 from mnist_ddp.model import build_model
+from mnist_ddp.rundir import check_output_folder
 
 
 def split_arguments(argv: list[str] | None) -> tuple[Path, Path | None, list[str]]:
@@ -83,10 +84,13 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint, out, overrides = split_arguments(argv if argv is not None else sys.argv[1:])
         saved = read_weights(checkpoint)
         context.update(saved=saved, out=out or checkpoint.parent / "plots")
+        check_output_folder(context["out"], "out")
         return load_config(overrides=overrides, base=saved.config)
 
     return run_command(
-        parse, lambda cfg, launch, device, _: evaluate_checkpoint(cfg, launch, device, context["saved"], context["out"])
+        parse,
+        lambda cfg, launch, device, _: evaluate_checkpoint(cfg, launch, device, context["saved"], context["out"]),
+        command="evaluate",
     )
 
 

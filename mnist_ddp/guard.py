@@ -1,8 +1,9 @@
-"""Stopping together: preemption signals and the non-finite guard, agreed across ranks.
+"""Stopping together: preemption signals, Ctrl-C and the non-finite guard, agreed across ranks.
 
-A signal (SIGTERM, SIGUSR1) only sets a flag. At fixed global steps every rank contributes
-its flag and whether it has seen a non-finite loss or weight to one all_reduce, so all ranks
-take the same decision at the same step and nobody waits in a collective alone.
+A signal (SIGTERM or SIGUSR1 for preemption, SIGINT for Ctrl-C) only sets a flag. At fixed
+global steps every rank contributes its flag and whether it has seen a non-finite loss or
+weight to one all_reduce, so all ranks take the same decision at the same step and nobody
+waits in a collective alone. A second Ctrl-C stops at once (KeyboardInterrupt).
 
 Inside an epoch the result of a check is read at the next check (:func:`start_check`,
 :func:`finish_check`): reading it at once would make the host wait for the GPU every few
@@ -16,6 +17,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from types import FrameType
 
@@ -26,21 +28,50 @@ from mnist_ddp.console import say, warn
 from mnist_ddp.distributed import all_reduce_max
 
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+STOP_SIGNALS = (*PREEMPTION_SIGNALS, signal.SIGINT)
 NO_BAD_STEP = 2**62
+# One Ctrl-C reaches a torchrun worker twice within milliseconds (from the terminal and from
+# the agent, which forwards it); a second SIGINT counts as a new Ctrl-C only after this long.
+SAME_CTRL_C_SECONDS = 1.0
+# What a rank contributes to the agreement: nothing, a Ctrl-C, a preemption (which wins: the
+# job is requeued only for a preemption).
+NO_STOP, INTERRUPT, PREEMPT = 0, 1, 2
 
-stop_signal: int | None = None
+stop_signal: int | None = None  # the signal that asked this rank to stop (a preemption one first)
+ctrl_c_at: float | None = None
 
 
 def request_stop(signum: int, frame: FrameType | None) -> None:
-    """Signal handler: remember the request; the training loop acts on it at the next check."""
-    global stop_signal
-    stop_signal = signum
+    """Signal handler: remember the request; the training loop acts on it at the next check.
+
+    A Ctrl-C after an earlier one stops at once.
+    """
+    global stop_signal, ctrl_c_at
+    if signum == signal.SIGINT:
+        now = time.monotonic()
+        if ctrl_c_at is not None and now - ctrl_c_at > SAME_CTRL_C_SECONDS:
+            raise KeyboardInterrupt
+        if ctrl_c_at is None and os.environ.get("RANK", "0") == "0":
+            # os.write, not print: a handler may run in the middle of another write to stdout.
+            os.write(2, b"Ctrl-C: stopping with a snapshot at the next check; Ctrl-C again to stop at once\n")
+        ctrl_c_at = ctrl_c_at or now
+    if stop_signal is None or signum in PREEMPTION_SIGNALS:
+        stop_signal = signum
 
 
 def install_signal_handlers() -> None:
-    """Route SIGTERM and SIGUSR1 to :func:`request_stop`."""
-    for sig in PREEMPTION_SIGNALS:
+    """Route SIGTERM, SIGUSR1 and SIGINT to :func:`request_stop`, with no stop requested yet."""
+    global stop_signal, ctrl_c_at
+    stop_signal, ctrl_c_at = None, None
+    for sig in STOP_SIGNALS:
         signal.signal(sig, request_stop)
+
+
+def stop_request() -> int:
+    """This rank's contribution to the agreement: NO_STOP, INTERRUPT or PREEMPT."""
+    if stop_signal is None:
+        return NO_STOP
+    return INTERRUPT if stop_signal == signal.SIGINT else PREEMPT
 
 
 @dataclass
@@ -49,6 +80,7 @@ class Decision:
 
     stop: bool
     first_bad_step: int | None  # the earliest step any rank saw a non-finite loss or weights
+    interrupted: bool = False  # the stop is a Ctrl-C, not a preemption: no requeue
 
 
 def track_loss(first_bad: torch.Tensor, loss: torch.Tensor, step: int) -> torch.Tensor:
@@ -69,7 +101,7 @@ def start_check(first_bad: torch.Tensor, model: nn.Module, step: int) -> Pending
     """Every rank calls this at the same steps: queue the agreement without waiting for the device."""
     weights_ok = torch.isfinite(torch.stack([p.detach().sum() for p in model.parameters()])).all()
     bad_here = torch.where(weights_ok, first_bad, torch.clamp(first_bad, max=step))
-    stop_here = torch.full((), float(stop_signal is not None), dtype=torch.float64, device=first_bad.device)
+    stop_here = torch.full((), float(stop_request()), dtype=torch.float64, device=first_bad.device)
     # max over ranks of [stop, -first bad step] = [anyone asked to stop, -(earliest bad step)].
     flags = all_reduce_max(torch.stack([stop_here, -bad_here.double()]))
     if flags.device.type != "cuda":
@@ -86,7 +118,11 @@ def finish_check(pending: PendingCheck) -> Decision:
         pending.done.synchronize()
     flags = pending.flags.tolist()
     first_bad_step = int(-flags[1])
-    return Decision(stop=flags[0] > 0, first_bad_step=None if first_bad_step >= NO_BAD_STEP else first_bad_step)
+    return Decision(
+        stop=flags[0] > NO_STOP,
+        first_bad_step=None if first_bad_step >= NO_BAD_STEP else first_bad_step,
+        interrupted=flags[0] == INTERRUPT,
+    )
 
 
 def agree(first_bad: torch.Tensor, model: nn.Module, step: int) -> Decision:

@@ -2,30 +2,48 @@
 
 Any size, white-on-black or black-on-white: each image is turned into what MNIST holds (a
 white digit on black, fitted into a 20x20 box and centred by mass in 28x28) before the model
-sees it. Prints the predicted digit and the top-3 probabilities per file. An unreadable file
-gets a one-line error; the others are still predicted, and the exit code is then 2.
+sees it; ink drawn on a transparent background counts. Prints the predicted digit and the
+top-3 probabilities per file. An unreadable, oversized or blank image gets a one-line error;
+the others are still predicted, and the exit code is then 2.
 """
 
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from mnist_ddp.checkpoint import read_weights
 from mnist_ddp.config import load_config
 from mnist_ddp.console import say
 from mnist_ddp.data import normalize_pixels
-from mnist_ddp.errors import InputError
+from mnist_ddp.entry import report_unexpected
+from mnist_ddp.errors import EXIT_INPUT, EXIT_INTERRUPTED, InputError, JobError, first_line
 from mnist_ddp.model import MLP, build_model
 
 
+def grayscale(image: Image.Image) -> np.ndarray:
+    """The image as 0-255 gray floats. A transparent background becomes one that contrasts with
+    the strokes (white behind dark strokes, black behind light ones), so ink drawn on alpha shows."""
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255
+        if alpha.min() < 1:
+            gray = np.asarray(rgba.convert("L"), dtype=np.float32)
+            opaque = alpha > 0.5
+            background = 0.0 if opaque.any() and gray[opaque].mean() >= 128 else 255.0
+            return gray * alpha + background * (1 - alpha)
+    return np.asarray(image.convert("L"), dtype=np.float32)
+
+
 def to_mnist(image: Image.Image, side: int = 28) -> torch.Tensor:
-    """A uint8 (side*side,) tensor laid out as MNIST's digits are."""
-    gray = np.asarray(image.convert("L"), dtype=np.float32)
+    """A uint8 (side*side,) tensor laid out as MNIST's digits are (all zeros for an image with no ink)."""
+    gray = grayscale(image)
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     if border.mean() > 127:  # the background is light: MNIST's digits are light on dark
         gray = 255 - gray
@@ -53,8 +71,30 @@ def load_model(path: Path) -> MLP:
     """The model saved at ``path``, in eval mode on the CPU."""
     saved = read_weights(path)
     model = build_model(load_config(base=saved.config), saved.in_features)
-    model.load_state_dict(saved.state_dict)
+    try:
+        model.load_state_dict(saved.state_dict)
+    except RuntimeError as e:
+        raise InputError(f"checkpoint={path}: its weights do not fit its own config ({first_line(e)})") from None
     return model.eval()
+
+
+def read_digit(name: str, side: int) -> torch.Tensor:
+    """The image file as an MNIST digit; an unreadable, oversized or blank image is an InputError."""
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between MAX_IMAGE_PIXELS and twice that: refuse those too.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(name) as image:
+                pixels = to_mnist(image, side)
+    except FileNotFoundError:
+        raise InputError("no such file") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise InputError(f"too large to read safely ({first_line(e)})") from None
+    except Exception as e:  # Pillow raises many types for damaged files; none may stop the other files
+        raise InputError(f"not a readable image ({type(e).__name__})") from None
+    if not pixels.any():
+        raise InputError("no ink: the image is one flat colour, there is no digit to read")
+    return pixels
 
 
 def predict_files(model: MLP, files: list[str]) -> int:
@@ -63,13 +103,9 @@ def predict_files(model: MLP, files: list[str]) -> int:
     errors = 0
     for name in files:
         try:
-            with Image.open(name) as image:
-                pixels = to_mnist(image, side)
-        except (OSError, UnidentifiedImageError, ValueError) as e:
-            reason = (
-                "no such file" if isinstance(e, FileNotFoundError) else f"not a readable image ({type(e).__name__})"
-            )
-            say(f"error: {name}: {reason}", sys.stderr)
+            pixels = read_digit(name, side)
+        except InputError as e:
+            say(f"error: {name}: {e}", sys.stderr)
             errors += 1
             continue
         with torch.no_grad():
@@ -92,10 +128,14 @@ def main(argv: list[str] | None = None) -> int:
         if len(checkpoints) != 1 or not files:
             raise InputError("usage: python -m mnist_ddp.predict checkpoint=PATH IMAGE [IMAGE ...]")
         model = load_model(Path(checkpoints[0]))
-    except InputError as e:
+        return EXIT_INPUT if predict_files(model, files) else 0
+    except JobError as e:
         say(f"error: {e}", sys.stderr)
-        return 2
-    return 2 if predict_files(model, files) else 0
+        return e.exit_code
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        return report_unexpected(e, "predict")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ with ``wandb.mode=disabled``; then they do nothing (and wandb is never imported)
 
 from __future__ import annotations
 
+import netrc
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mnist_ddp.config import Config, to_dict
+from mnist_ddp.errors import InputError, first_line
 
 
 def resolved_mode(mode: str) -> str:
@@ -24,6 +26,24 @@ def resolved_mode(mode: str) -> str:
     return "online" if os.environ.get("WANDB_API_KEY") else "offline"
 
 
+def has_login() -> bool:
+    """Whether wandb can find an API key: $WANDB_API_KEY or the ~/.netrc entry `wandb login` writes."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def check_mode(cfg: Config) -> None:
+    """Fail before any work when wandb.mode=online has no API key to log in with."""
+    if resolved_mode(cfg.wandb.mode) == "online" and not has_login():
+        raise InputError(
+            "wandb.mode=online needs an API key: set WANDB_API_KEY (or run `wandb login`), or use wandb.mode=offline"
+        )
+
+
 def start(cfg: Config, run_dir: Path, resume_id: str | None) -> Any:
     """Start (or, given the id saved in a snapshot, continue) the wandb run; None when disabled."""
     mode = resolved_mode(cfg.wandb.mode)
@@ -31,6 +51,17 @@ def start(cfg: Config, run_dir: Path, resume_id: str | None) -> Any:
         return None
     import wandb  # a second of import time, paid only when tracking
 
+    try:
+        return init_run(wandb, cfg, mode, run_dir, resume_id)
+    except Exception as e:  # wandb raises its own types for a refused key, the network, a bad entity
+        raise InputError(
+            f"wandb.init failed in {mode} mode ({type(e).__name__}: {first_line(e)}); check wandb.entity and"
+            " wandb.project, or use wandb.mode=offline"
+        ) from None
+
+
+def init_run(wandb: Any, cfg: Config, mode: str, run_dir: Path, resume_id: str | None) -> Any:
+    """wandb.init with the run's settings."""
     w = cfg.wandb
     return wandb.init(
         mode=mode,

@@ -27,6 +27,7 @@ from mnist_ddp.checkpoint import (
     Progress,
     Snapshot,
     check_compatible,
+    check_one_timeline,
     cpu_state_dict,
     find_snapshot,
     save_model,
@@ -47,12 +48,12 @@ from mnist_ddp.distributed import (
     wrap_ddp,
 )
 from mnist_ddp.entry import run_command
-from mnist_ddp.errors import Diverged, InputError, Preempted
+from mnist_ddp.errors import Diverged, InputError, Interrupted, Preempted
 from mnist_ddp.evaluation import EvalCounts, evaluate_across_ranks
 from mnist_ddp.model import build_model, parameter_count, parameter_hash
 from mnist_ddp.optimizer import build_optimizer, build_schedule
 from mnist_ddp.rng import device_rng_state, host_rng_state, restore_streams, seed_everything
-from mnist_ddp.rundir import choose_run_dir, create_run_dir
+from mnist_ddp.rundir import RunDirLock, choose_run_dir
 
 
 def check_step_options(tc: TrainConfig, per_rank_batch: int, device: torch.device, world_size: int) -> None:
@@ -105,11 +106,27 @@ class Trainer:
         self.run_dir = choose_run_dir(cfg.run.dir) if self.is_main else None
         if self.run_dir is not None and not cfg.run.dir:  # config.yaml and snapshots record the chosen folder
             self.cfg = replace(cfg, run=replace(cfg.run, dir=str(self.run_dir)))
-        self.resumed_from: Snapshot | None = self.find_resume_point()
-        self.progress = self.resume(self.resumed_from) if self.resumed_from else Progress()
-        with fail_together(device):
+        self.resumed_from: Snapshot | None = None
+        self.progress = Progress()
+
+    def run(self) -> dict[str, Any]:
+        """Hold run.dir, continue from its snapshot or start, train, write the outputs; rank 0 returns the summary."""
+        lock = None
+        with fail_together(self.device):
             if self.run_dir is not None:
-                create_run_dir(self.run_dir)
+                tracking.check_mode(self.cfg)
+                lock = RunDirLock(self.run_dir)  # a second job in the same folder stops here
+        failed = True
+        try:
+            self.resumed_from = self.find_resume_point()
+            if self.resumed_from:
+                self.progress = self.resume(self.resumed_from)
+            summary = self.train_and_report()
+            failed = False
+            return summary
+        finally:
+            if lock is not None:
+                lock.release(failed)
 
     def find_resume_point(self) -> Snapshot | None:
         """Rank 0 finds and checks the snapshot to continue from; every rank gets a copy."""
@@ -117,6 +134,7 @@ class Trainer:
         with fail_together(self.device):
             if self.run_dir is not None:
                 found = find_snapshot(self.cfg.resume, self.run_dir)
+                check_one_timeline(self.cfg.resume, found, self.run_dir)
                 if found:
                     check_compatible(found, to_dict(self.cfg), self.data.in_features)
         return broadcast_from_rank0(found)  # type: ignore[return-value]
@@ -136,7 +154,7 @@ class Trainer:
             progress.loss_carry = 0.0  # rank 0 carries the loss of the steps before the snapshot
         return progress
 
-    def run(self) -> dict[str, Any]:
+    def train_and_report(self) -> dict[str, Any]:
         """Train every remaining epoch and write the outputs; rank 0 returns the summary."""
         if self.run_dir is not None:
             atomic_write_text(self.run_dir / "config.yaml", to_yaml(self.cfg))
@@ -257,23 +275,33 @@ class Trainer:
 
     def obey(self, decision: guard.Decision) -> None:
         """Stop as every rank agreed: on NaN/inf without a snapshot, on a stop signal after one."""
-        p, tc = self.progress, self.cfg.train
+        self.stop_if_diverged(decision)
+        self.stop_if_asked(decision)
+
+    def stop_if_diverged(self, decision: guard.Decision) -> None:
+        """Raise Diverged when any rank saw a non-finite loss or weight; no snapshot is written."""
         if decision.first_bad_step is not None:
             raise Diverged(
-                f"non-finite loss or weights at step {decision.first_bad_step} (epoch {p.epoch}); stopped without"
-                f" writing a snapshot, the last good one stays in {snapshot_dir(Path(self.cfg.run.dir))};"
-                f" lower train.lr (now {tc.lr}) or turn off train.bf16"
+                f"non-finite loss or weights at step {decision.first_bad_step} (epoch {self.progress.epoch});"
+                " stopped without writing a snapshot, the last good one stays in"
+                f" {snapshot_dir(Path(self.cfg.run.dir))}; start again in another run.dir with a lower"
+                f" train.lr (now {self.cfg.train.lr}) or without train.bf16"
             )
+
+    def stop_if_asked(self, decision: guard.Decision) -> None:
+        """After a stop signal on any rank: snapshot, requeue a preempted SLURM job, raise."""
         if not decision.stop:
             return
+        step = self.progress.global_step
         path = self.snapshot()
         if self.world_size > 1:
-            say(f"rank {self.rank}: stopping at global step {p.global_step}", sys.stderr)
+            say(f"rank {self.rank}: stopping at global step {step}", sys.stderr)
+        if decision.interrupted:
+            raise Interrupted(f"Ctrl-C: snapshot {path} at global step {step}; run the same command again to resume")
         if self.is_main:
             guard.requeue_if_slurm(self.cfg.checkpoint.requeue)
         raise Preempted(
-            f"stop signal received: snapshot {path} at global step {p.global_step};"
-            " run the same command again to resume"
+            f"stop signal received: snapshot {path} at global step {step}; run the same command again to resume"
         )
 
     def loss_sum_so_far(self) -> torch.Tensor:
@@ -304,9 +332,8 @@ class Trainer:
         return path
 
     def end_epoch(self, started: float, logged_lrs: dict[int, float]) -> EvalCounts:
-        """Training loss over ranks, exact evaluation, rank 0's record; then agree and snapshot."""
+        """Training loss over ranks, exact evaluation, agreement, rank 0's record, snapshot."""
         p = self.progress
-        trained = (self.steps_per_epoch - p.resumed_at) * self.per_rank_batch * self.world_size
         train_loss = all_reduce_sum(self.loss_sum_so_far()).item() / (self.shard_len * self.world_size)
         train_seconds = time.perf_counter() - started
         if self.is_main and logged_lrs:  # the epoch's one transfer of per-step losses
@@ -315,15 +342,26 @@ class Trainer:
                 step_loss = losses[self.steps_per_epoch - 1 - (p.global_step - step)]
                 tracking.log(self.wandb_run, {"train/loss": step_loss, "train/lr": lr}, step)
         counts = self.evaluate()
+        decision = self.guard.now(p.global_step)
+        self.stop_if_diverged(decision)  # before the record: a non-finite epoch is never recorded
         if self.run_dir is not None:
             lr = self.optimizer.param_groups[0]["lr"]
-            p.records.append(metrics.epoch_record(p.epoch, train_loss, counts, trained, train_seconds, lr))
+            record = metrics.epoch_record(p.epoch, train_loss, counts, self.images_trained(), train_seconds, lr)
+            p.records.append(record)
             metrics.write_metrics(self.run_dir, p.records)
-            say(metrics.format_epoch_line(p.records[-1], self.cfg.train.epochs))
-            tracking.log(self.wandb_run, tracking.epoch_values(p.records[-1], counts.per_class_accuracy), p.global_step)
+            say(metrics.format_epoch_line(record, self.cfg.train.epochs))
+            tracking.log(self.wandb_run, tracking.epoch_values(record, counts.per_class_accuracy), p.global_step)
         p.start_next_epoch()
-        self.agree_and_snapshot()
+        self.stop_if_asked(decision)
+        self.snapshot()
         return counts
+
+    def images_trained(self) -> int:
+        """Training images this epoch's steps took, over all ranks, not counting DDP's padding."""
+        p = self.progress
+        padding = self.shard_len * self.world_size - len(self.data.train_labels)  # all in the last batches
+        taken = max(0, self.shard_len - p.resumed_at * self.per_rank_batch) * self.world_size
+        return max(0, taken - padding)
 
     def evaluate(self) -> EvalCounts:
         """Test counts over the whole test split, every image once across the ranks (a collective)."""

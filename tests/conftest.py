@@ -80,7 +80,7 @@ def run_in_process(module: str, *args: str, cwd: Path, env: dict | None = None) 
     environment, the signal handlers and stop flag of the preemption guard, and torch's threads.
     """
     main = importlib.import_module(module).main
-    handlers = {s: signal.getsignal(s) for s in guard.PREEMPTION_SIGNALS}
+    handlers = {s: signal.getsignal(s) for s in guard.STOP_SIGNALS}
     threads, old_env, old_cwd = torch.get_num_threads(), dict(os.environ), os.getcwd()
     out, err = io.StringIO(), io.StringIO()
     try:
@@ -94,6 +94,6 @@ def run_in_process(module: str, *args: str, cwd: Path, env: dict | None = None) 
         os.environ.update(old_env)
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
-        guard.stop_signal = None
+        guard.stop_signal, guard.ctrl_c_at = None, None
         torch.set_num_threads(threads)
     return Ran(code, out.getvalue(), err.getvalue())

@@ -98,7 +98,9 @@ def test_predict_reads_test_digits_in_any_polarity_and_size(mnist_model, real_mn
 
 def test_unreadable_files_are_reported_and_the_rest_predicted(mnist_model, tmp_path):
     good = tmp_path / "good.png"
-    Image.fromarray(np.zeros((28, 28), dtype=np.uint8)).save(good)
+    digit = np.zeros((28, 28), dtype=np.uint8)
+    digit[4:24, 12:16] = 255  # a stroke: a blank image is itself an error now
+    Image.fromarray(digit).save(good)
     fake = tmp_path / "fake.png"
     fake.write_text("not an image")
     missing = tmp_path / "missing.png"

@@ -1,0 +1,554 @@
+"""Off the happy path: bad input, faults and unlucky environments, each a one-line error with its
+own exit code and nothing half-written; and the runs that must never lose or silently change work.
+
+The table-driven tests run the command in this process (``run_in_process``) where only its
+behaviour matters, and as a real process where the process is the point (signals, locks held by
+another job, launcher variables, the interpreter).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import CONFIGS, REPO, run_in_process
+from mnist_files import IMAGES_MAGIC, TEST_IMAGES, write_fake_mnist
+from PIL import Image
+
+from mnist_ddp import checkpoint
+from mnist_ddp.errors import EXIT_DIVERGED, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OUTPUT
+from mnist_ddp.fault_injection import FAULT_ENV, PRINT_HASH_ENV
+from mnist_ddp.predict import to_mnist
+
+SMOKE = ["--config", str(CONFIGS / "smoke.yaml")]
+
+
+@dataclass
+class Case:
+    """One bad input or fault: what to run, what it must exit with and say, what it leaves."""
+
+    args: list[str]
+    code: int
+    message: str  # a fragment of the one stderr line
+    command: str = "mnist_ddp.train"
+    env: dict[str, str] = field(default_factory=dict)
+    setup: str = ""  # the name of a function below that prepares tmp_path
+    writes_nothing: bool = True  # no run.dir (or out folder) afterwards
+
+
+def fake_data(tmp: Path) -> None:
+    write_fake_mnist(tmp / "mnist", n_train=40, n_test=10)
+
+
+def overflowing_header(tmp: Path) -> None:
+    fake_data(tmp)
+    # 2**31 x 2**31 x 28 bytes: more than int64 holds once multiplied with numpy's int64.
+    header = IMAGES_MAGIC.to_bytes(4, "big") + (2**31).to_bytes(4, "big") * 2 + (28).to_bytes(4, "big")
+    (tmp / "mnist" / TEST_IMAGES).write_bytes(header + b"\0" * 64)
+
+
+def no_images(tmp: Path) -> None:
+    fake_data(tmp)
+    header = IMAGES_MAGIC.to_bytes(4, "big") + (0).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+    (tmp / "mnist" / TEST_IMAGES).write_bytes(header)
+
+
+def busy_port() -> int:
+    """A port something is listening on for the rest of the test session."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    busy_port.sockets.append(s)  # type: ignore[attr-defined]
+    return s.getsockname()[1]
+
+
+busy_port.sockets = []  # type: ignore[attr-defined]
+DATA = ["data.root=mnist", "data.download=false"]
+
+CASES = {
+    # OmegaConf's own markers and interpolations
+    "missing-marker": Case([*SMOKE, "train.lr=???"], EXIT_INPUT, "config key 'train.lr':"),
+    "unresolved-interpolation": Case(
+        [*SMOKE, "run.dir=${oc.env:MNIST_DDP_NO_SUCH_VARIABLE}"], EXIT_INPUT, "config key 'run.dir': KeyError raised"
+    ),
+    # values the config took but numpy, datetime or torch would have refused minutes later
+    "negative-seed": Case([*SMOKE, "seed=-1"], EXIT_INPUT, "config key 'seed' is -1; it must be between 0 and"),
+    "huge-seed": Case([*SMOKE, "seed=99999999999"], EXIT_INPUT, "config key 'seed' is 99999999999"),
+    "infinite-lr": Case([*SMOKE, "train.lr=inf"], EXIT_INPUT, "config key 'train.lr' is inf; it must be a finite"),
+    "endless-timeout": Case([*SMOKE, "dist.timeout_seconds=1e300"], EXIT_INPUT, "dist.timeout_seconds' is 1e+300"),
+    "absurd-width": Case([*SMOKE, "model.hidden=[100000000]"], EXIT_INPUT, "widths of at most 65536"),
+    # data files the readers must refuse in one line
+    "idx-header-overflows": Case(DATA, EXIT_INPUT, "t10k-images-idx3-ubyte: header says", setup="overflowing_header"),
+    "idx-without-images": Case(
+        DATA, EXIT_INPUT, "t10k-images-idx3-ubyte: the header says it holds no", setup="no_images"
+    ),
+    # the launcher's environment
+    "world-size-not-a-number": Case(
+        SMOKE, EXIT_INPUT, "WORLD_SIZE='two' is not a whole number", env={"RANK": "0", "WORLD_SIZE": "two"}
+    ),
+    "rank-outside-the-world": Case(
+        SMOKE, EXIT_INPUT, "rank 3 (local rank 0) does not fit a world of 2 ranks", env={"RANK": "3", "WORLD_SIZE": "2"}
+    ),
+    # wandb online without an account: refused before anything is written
+    "wandb-online-without-key": Case(
+        [*SMOKE, "wandb.mode=online"], EXIT_INPUT, "wandb.mode=online needs an API key", env={"HOME": "."}
+    ),
+    "wandb-mode-env-online-without-key": Case(
+        [*SMOKE, "wandb.mode=auto"], EXIT_INPUT, "wandb.mode=online needs an API key", env={"WANDB_MODE": "online"}
+    ),
+    # outputs that cannot be written, found before the work
+    "run-dir-under-a-file": Case(
+        [*SMOKE, "run.dir=config.yaml/run"], EXIT_INPUT, "cannot create run.dir=config.yaml/run", setup="a_file"
+    ),
+    "evaluate-out-is-a-file": Case(
+        ["checkpoint=model.pt", "out=config.yaml/plots"],
+        EXIT_INPUT,
+        "out=config.yaml/plots:",
+        command="mnist_ddp.evaluate",
+        setup="a_model",
+    ),
+    "bench-out-under-a-file": Case(
+        ["--quick", "--out=config.yaml/bench.json", "data.dataset=digits"],
+        EXIT_INPUT,
+        "--out=config.yaml:",
+        command="mnist_ddp.bench",
+        setup="a_file",
+    ),
+}
+
+
+def a_file(tmp: Path) -> None:
+    (tmp / "config.yaml").write_text("seed: 1\n")
+
+
+def a_model(tmp: Path) -> None:
+    a_file(tmp)
+    result = run_in_process("mnist_ddp.train", *SMOKE, "train.epochs=1", "run.dir=trained", cwd=tmp)
+    assert result.returncode == 0, result.stderr
+    shutil.copy(tmp / "trained" / "model.pt", tmp / "model.pt")
+    shutil.rmtree(tmp / "trained")
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_is_one_line_with_its_exit_code(tmp_path, monkeypatch, name):
+    case = CASES[name]
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    if case.setup:
+        globals()[case.setup](tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    args = list(case.args)
+    if case.command == "mnist_ddp.train" and not any(a.startswith("run.dir=") for a in args):
+        args.append("run.dir=run")
+    result = run_in_process(case.command, *args, cwd=tmp_path, env=case.env)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.returncode == case.code, result.stderr
+    assert len(errors) == 1 and case.message in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+    if case.writes_nothing:
+        assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_an_unexpected_exception_keeps_its_traceback_in_a_file(tmp_path):
+    result = run_in_process("mnist_ddp.train", *SMOKE, "run.dir=run", cwd=tmp_path, env={FAULT_ENV: "raise:0:5"})
+    assert result.returncode == 1
+    path = Path(result.stderr.split("traceback in ")[1].split(";")[0])
+    assert "Traceback (most recent call last)" in path.read_text() and "test fault" in path.read_text()
+    path.unlink()
+    with pytest.raises(RuntimeError, match="test fault"):  # MNIST_DDP_DEBUG=1: the exception itself
+        run_in_process(
+            "mnist_ddp.train",
+            *SMOKE,
+            "run.dir=run2",
+            cwd=tmp_path,
+            env={FAULT_ENV: "raise:0:5", "MNIST_DDP_DEBUG": "1"},
+        )
+
+
+# --- snapshots ------------------------------------------------------------------------------
+
+
+class RebuildsFromAString:
+    """Unpickles, weights-only, into a call that raises AttributeError (no error type torch.load wraps)."""
+
+    def __reduce__(self):
+        return (torch._utils._rebuild_tensor_v2, ("x", 0, (1,), (1,), False, collections.OrderedDict()))
+
+
+def train(tmp: Path, *args: str, env: dict | None = None):
+    return run_in_process("mnist_ddp.train", *SMOKE, "run.dir=run", *args, cwd=tmp, env=env)
+
+
+def test_a_newest_snapshot_that_breaks_the_reader_is_skipped(tmp_path):
+    assert train(tmp_path, "train.epochs=2").returncode == 0
+    folder = checkpoint.snapshot_dir(tmp_path / "run")
+    newest = checkpoint.snapshot_paths(folder)[0]
+    torch.save({"format": checkpoint.FORMAT, "model": RebuildsFromAString()}, newest)
+    result = train(tmp_path, "train.epochs=2")
+    assert result.returncode == 0, result.stderr
+    skipped = newest.relative_to(tmp_path)
+    assert f"warning: skipping snapshot {skipped}: unreadable, truncated or corrupt (AttributeError)" in result.stdout
+    assert "resuming from" in result.stdout and "step_0000023.pt" in result.stdout
+
+
+def test_a_snapshot_of_another_format_is_one_line(tmp_path):
+    evil = tmp_path / "old.pt"
+    torch.save({"format": checkpoint.FORMAT, "model": {}}, evil)  # the tag, but not the entries
+    result = train(tmp_path, f"resume={evil}")
+    assert result.returncode == EXIT_INPUT
+    assert result.stderr == f"error: {evil}: not an mnist_ddp snapshot (no 'epoch' entry)\n"
+
+
+# --- work lost or silently changed (each of these passed silently before) ------------------
+
+
+def files_of(run_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+def test_a_fresh_run_in_a_used_run_dir_is_refused_and_the_old_run_kept(tmp_path):
+    assert train(tmp_path, "train.epochs=2").returncode == 0
+    old = files_of(tmp_path / "run")
+    result = train(tmp_path, "train.epochs=2", "resume=none")
+    assert result.returncode == EXIT_INPUT
+    assert result.stderr.startswith("error: run.dir=run holds snapshots of an earlier run (newest step_0000046.pt);")
+    assert "resume=auto continues it, or choose another run.dir" in result.stderr
+    assert files_of(tmp_path / "run") == old
+
+
+def test_resuming_another_runs_snapshot_into_a_used_run_dir_is_refused(tmp_path):
+    assert train(tmp_path, "train.epochs=2").returncode == 0
+    other = run_in_process("mnist_ddp.train", *SMOKE, "train.epochs=1", "run.dir=other", cwd=tmp_path)
+    assert other.returncode == 0
+    foreign = checkpoint.snapshot_paths(checkpoint.snapshot_dir(tmp_path / "other"))[0]
+    old = files_of(tmp_path / "run")
+    result = train(tmp_path, "train.epochs=2", f"resume={foreign}")
+    assert result.returncode == EXIT_INPUT and "holds snapshots of a run that" in result.stderr
+    assert files_of(tmp_path / "run") == old
+
+
+@pytest.mark.parametrize("key, old, new", [("train.lr", 0.003, 0.5), ("train.weight_decay", 0.01, 0.2)])
+def test_a_setting_the_optimizer_state_keeps_cannot_change_on_resume(tmp_path, key, old, new):
+    assert train(tmp_path, "train.epochs=2", "checkpoint.every_steps=20", f"{key}={old}").returncode == 0
+    folder = checkpoint.snapshot_dir(tmp_path / "run")
+    (tmp_path / "run" / "model.pt").unlink()  # as if the run had been stopped after its snapshot
+    config = (tmp_path / "run" / "config.yaml").read_text()
+    result = train(tmp_path, "train.epochs=2", "checkpoint.every_steps=20", f"{key}={new}")
+    assert result.returncode == EXIT_INPUT
+    assert f"was saved with {key}={old}, this run has {key}={new}; set {key}={old} to continue it" in result.stderr
+    assert (tmp_path / "run" / "config.yaml").read_text() == config  # nothing recorded that was not done
+    assert not (tmp_path / "run" / "model.pt").exists() and checkpoint.snapshot_paths(folder)
+
+
+def test_nan_at_an_epoch_end_names_that_epoch_and_metrics_stay_valid_json(tmp_path):
+    # Step 22 is the last of epoch 1 (23 steps); the epoch-end agreement is the first to see it.
+    result = train(tmp_path, "train.epochs=3", env={FAULT_ENV: "nan:0:22"})
+    assert result.returncode == EXIT_DIVERGED
+    assert result.stderr.startswith("error: non-finite loss or weights at step 22 (epoch 1);")
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    assert not metrics.exists()  # the diverged epoch is not recorded (it would hold NaN)
+
+
+def test_metrics_are_strict_json_lines(tmp_path):
+    assert train(tmp_path, "train.epochs=2").returncode == 0
+    for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+
+
+def test_json_outputs_turn_non_finite_numbers_into_null(tmp_path):
+    from mnist_ddp.atomic import atomic_write_json
+
+    atomic_write_json(tmp_path / "x.json", {"loss": float("nan"), "rows": [1.0, float("inf")]})
+    assert json.loads((tmp_path / "x.json").read_text()) == {"loss": None, "rows": [1.0, None]}
+
+
+def popen_train(tmp: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", PRINT_HASH_ENV: "1", **(env or {})}
+    cmd = [sys.executable, "-m", "mnist_ddp.train", *SMOKE, "run.dir=run", *args]
+    return subprocess.Popen(cmd, cwd=tmp, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_line(proc: subprocess.Popen, text: str) -> None:
+    for line in proc.stdout:
+        if text in line:
+            return
+    raise AssertionError(f"{text!r} never printed")
+
+
+def test_a_second_job_in_the_same_run_dir_is_refused_while_the_first_runs(tmp_path):
+    first = popen_train(tmp_path, "train.epochs=20")
+    wait_for_line(first, "epoch  1/20")
+    second = train(tmp_path, "train.epochs=20")
+    assert second.returncode == EXIT_INPUT
+    assert (
+        second.stderr == f"error: run.dir=run is in use by another job (pid {first.pid}); wait for it to end,"
+        " or choose another run.dir\n"
+    )
+    _, err = first.communicate(timeout=240)
+    assert first.returncode == 0, err[-2000:]
+    config = (tmp_path / "run" / "config.yaml").read_text()
+    assert "epochs: 20" in config and json.loads((tmp_path / "run" / "summary.json").read_text())["epochs"] == 20
+
+
+def test_a_killed_job_leaves_no_lock_behind(tmp_path):
+    first = popen_train(tmp_path, "train.epochs=20", "checkpoint.every_steps=20")
+    wait_for_line(first, "epoch  2/20")
+    first.kill()
+    first.wait()
+    result = train(tmp_path, "train.epochs=20", "checkpoint.every_steps=20")
+    assert result.returncode == 0, result.stderr
+    assert "resuming from" in result.stdout
+
+
+def final_hash(stdout: str) -> str:
+    (digest,) = {line.split()[-1] for line in stdout.splitlines() if line.startswith("parameter_hash ")}
+    return digest
+
+
+def test_ctrl_c_stops_with_a_snapshot_and_the_run_resumes_exactly(tmp_path):
+    reference = run_in_process(
+        "mnist_ddp.train", *SMOKE, "train.epochs=12", "run.dir=ref", cwd=tmp_path, env={PRINT_HASH_ENV: "1"}
+    )
+    proc = popen_train(tmp_path, "train.epochs=12")
+    wait_for_line(proc, "epoch  2/12")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_INTERRUPTED, err
+    assert "Traceback" not in err
+    assert err.splitlines()[-1].startswith("interrupted: Ctrl-C: snapshot ")
+    assert err.splitlines()[-1].endswith("; run the same command again to resume")
+    resumed = train(tmp_path, "train.epochs=12", env={PRINT_HASH_ENV: "1"})
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stdout
+    assert final_hash(resumed.stdout) == final_hash(reference.stdout)
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path):
+    # Wide layers and no checks inside an epoch: the first Ctrl-C would wait for the epoch's end.
+    proc = popen_train(
+        tmp_path,
+        "train.epochs=3",
+        "train.batch_size=4",
+        "model.hidden=[4096,4096]",
+        "checkpoint.every_steps=0",
+        "checkpoint.check_every_steps=100000",
+    )
+    wait_for_line(proc, "outputs in run")
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_INTERRUPTED, err
+    assert "Ctrl-C: stopping with a snapshot at the next check" in err
+    assert (
+        err.splitlines()[-1]
+        == "interrupted: stopped at once; a training run resumes from its last snapshot if run again"
+    )
+    assert not checkpoint.snapshot_paths(checkpoint.snapshot_dir(tmp_path / "run"))
+
+
+def test_a_full_disk_is_one_line_exit_74_and_no_temp_file(tmp_path):
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(disk)], check=True)
+    try:
+        result = run_in_process("mnist_ddp.train", *SMOKE, "log.plots=false", f"run.dir={disk / 'run'}", cwd=tmp_path)
+        assert result.returncode == EXIT_OUTPUT, result.stderr
+        assert result.stderr.startswith(f"error: cannot write {disk / 'run'}/")
+        assert "No space left on device; free some space or choose another output folder" in result.stderr
+        assert not [p for p in disk.rglob("*.tmp")]
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+# --- wrong numbers -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch", [1000, 10**12])
+def test_samples_per_second_counts_the_images_trained(tmp_path, batch):
+    # 1,437 digits: a short last batch of 437 at batch 1000, one batch at an absurd batch size.
+    assert train(tmp_path, "train.epochs=2", f"train.batch_size={batch}").returncode == 0
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    for r in records:
+        assert r["samples_per_second"] * r["train_seconds"] == pytest.approx(1437)
+
+
+def test_elapsed_counts_from_python_not_from_a_shell_that_exec_d_it(tmp_path):
+    code = "from mnist_ddp import metrics; print(metrics.seconds_since_start())"
+    script = f"sleep 3; exec {sys.executable} -c '{code}'"
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True, cwd=REPO).stdout
+    assert float(out) < 2
+
+
+def rgba_digit(dark_strokes: bool) -> Image.Image:
+    """A '1'-like bar drawn opaque on a fully transparent background."""
+    pixels = np.zeros((40, 40, 4), dtype=np.uint8)
+    pixels[..., :3] = 0 if dark_strokes else 255
+    pixels[8:32, 18:23, 3] = 255
+    return Image.fromarray(pixels, "RGBA")
+
+
+def test_ink_on_a_transparent_background_is_the_digit():
+    light_on_dark = np.zeros((40, 40), dtype=np.uint8)
+    light_on_dark[8:32, 18:23] = 255
+    expected = to_mnist(Image.fromarray(light_on_dark))
+    for dark in (True, False):
+        got = to_mnist(rgba_digit(dark))
+        assert got.sum() > 0 and (got.int() - expected.int()).abs().max() <= 2
+
+
+def test_predict_refuses_blank_and_oversized_images_and_reads_the_rest(tmp_path):
+    a_model(tmp_path)
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.full((28, 28), 200, dtype=np.uint8)).save(blank)
+    transparent = tmp_path / "transparent.png"
+    rgba_digit(True).save(transparent)
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (10_000, 10_000)).save(bomb)  # 100 M pixels, a few kB on disk
+    digit = tmp_path / "digit.png"
+    light_on_dark = np.zeros((40, 40), dtype=np.uint8)
+    light_on_dark[8:32, 18:23] = 255
+    Image.fromarray(light_on_dark).save(digit)
+    result = run_in_process(
+        "mnist_ddp.predict", "checkpoint=model.pt", str(blank), str(bomb), str(transparent), str(digit), cwd=tmp_path
+    )
+    assert result.returncode == EXIT_INPUT
+    errors = result.stderr.splitlines()
+    assert errors[0] == f"error: {blank}: no ink: the image is one flat colour, there is no digit to read"
+    assert errors[1].startswith(f"error: {bomb}: too large to read safely (Image size (100000000 pixels)")
+    assert len(errors) == 2
+    assert [line.split(":")[0] for line in result.stdout.splitlines()] == [str(transparent), str(digit)]
+
+
+# --- launch scripts and the interpreter --------------------------------------------------------
+
+
+def test_a_bad_config_is_found_once_before_torchrun_starts(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable, "NPROC": "2", "MAX_RESTARTS": "3"}
+    started = time.monotonic()
+    result = subprocess.run(
+        [str(REPO / "launch" / "local.sh"), "train.epochs=abc", "run.dir=run"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == EXIT_INPUT
+    assert result.stderr.startswith("error: config key 'train.epochs' (command line): 'abc' is not a valid int")
+    assert result.stderr.count("\n") == 1 and time.monotonic() - started < 10
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def bare_python(tmp_path_factory) -> Path:
+    """An interpreter without torch, as the system Python beside an inactive venv is."""
+    venv = tmp_path_factory.mktemp("bare") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    return venv / "bin" / "python"
+
+
+def test_an_interpreter_without_torch_is_one_line_naming_it(tmp_path, bare_python):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    script = subprocess.run(
+        [str(REPO / "launch" / "local.sh")],
+        cwd=tmp_path,
+        env={**env, "PYTHON": str(bare_python)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert script.returncode == EXIT_INPUT
+    assert script.stderr == (
+        f"error: {bare_python} cannot import torch and mnist_ddp; install them as README.md's set-up says,"
+        " or set PYTHON=/path/to/venv/bin/python\n"
+    )
+    module = subprocess.run(
+        [str(bare_python), "-m", "mnist_ddp.train"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert module.returncode == EXIT_INPUT and module.stderr.count("\n") == 1
+    assert module.stderr.startswith(f"error: {bare_python} cannot import torch;")
+
+
+def test_the_launch_scripts_find_the_readme_venv(tmp_path):
+    # With no PYTHON, common.sh takes this repository's .venv when it has one, else python3.
+    probe = f'source {REPO / "launch" / "common.sh"} --config {CONFIGS / "smoke.yaml"}; echo "$python"'
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
+    result = subprocess.run(
+        ["bash", "-c", probe], cwd=tmp_path, env={**env, "NPROC": "1"}, capture_output=True, text=True
+    )
+    venv = REPO / ".venv" / "bin" / "python"
+    expected = str(venv) if venv.exists() else "python3"
+    assert result.stdout.strip().splitlines()[-1] == expected, result.stderr
+
+
+def test_slurm_logs_are_git_ignored():
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    result = subprocess.run(["git", "check-ignore", "slurm-mnist_ddp-1234.out"], cwd=REPO, capture_output=True)
+    assert result.returncode == 0
+
+
+def test_a_port_in_use_and_a_missing_peer_end_in_one_line(tmp_path):
+    # A bare srun's rank 0 hosts the store on MASTER_PORT: taken, it cannot; free, it waits for rank 1.
+    base = {**os.environ, "SLURM_NTASKS": "2", "SLURM_PROCID": "0", "MASTER_ADDR": "127.0.0.1"}
+    for port, fragment in ((busy_port(), "could not join the process group at 127.0.0.1:"), (None, "could not join")):
+        env = {**base, "MASTER_PORT": str(port or free_port())}
+        started = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-m", "mnist_ddp.train", *SMOKE, "dist.timeout_seconds=3", "run.dir=run"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == EXIT_INPUT, result.stderr[-2000:]
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and fragment in errors[0] and "Traceback" not in result.stderr
+        assert time.monotonic() - started < 60 and not (tmp_path / "run").exists()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_bench_keeps_the_rows_that_finished(tmp_path):
+    out = tmp_path / "bench.json"
+    # A training override that fails in every training row: the limit and the blog's loop still land.
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mnist_ddp.bench",
+            "--quick",
+            f"--out={out}",
+            "data.dataset=digits",
+            "train.device=cuda",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
+    assert result.returncode != 0
+    assert "error: benchmark run 'mnist_ddp default' failed" in result.stderr
+    report = json.loads(out.read_text())
+    assert report["complete"] is False and [r["name"] for r in report["rows"]] == ["seed-loop (blog)"]
