@@ -9,6 +9,7 @@
 #   RDZV_ID      the job's id, the same on every node (default: $SLURM_JOB_ID, else "mnist_ddp")
 #   MAX_RESTARTS times torchrun restarts the workers after a failure (default 3); they resume
 #                from the newest snapshot in run.dir
+#   RDZV_WAIT_SECONDS  how long a node waits for the rendezvous to open (default 120)
 set -euo pipefail
 # shellcheck source=launch/common.sh
 source "$(dirname "$0")/common.sh"
@@ -21,7 +22,9 @@ if [ -z "${RDZV_ENDPOINT:-}" ]; then
     fi
     RDZV_ENDPOINT="$head:29400"
 fi
-# The c10d rendezvous needs no etcd: the agent on the endpoint's host serves it.
+# The c10d rendezvous needs no etcd: the agent on the endpoint's host serves it. Every other
+# node waits here until it listens, saying so, and gives up with one line after RDZV_WAIT_SECONDS.
+"$python" -m mnist_ddp.rendezvous "$RDZV_ENDPOINT" "${RDZV_WAIT_SECONDS:-120}" || exit 2
 exec "$python" -m torch.distributed.run \
     --nnodes="$nnodes" \
     --nproc_per_node="$NPROC" \

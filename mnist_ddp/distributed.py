@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from mnist_ddp import rendezvous
 from mnist_ddp.config import DistConfig
 from mnist_ddp.errors import InputError, PeerFailed, first_line
 
@@ -124,6 +125,7 @@ def init(launch: Launch, backend: str, device: torch.device, timeout_seconds: fl
     # Under torchrun the agent hosts the store; otherwise (srun) rank 0 does.
     agent_hosts_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     address = f"{launch.master_addr}:{launch.master_port}"
+    rendezvous.check_reachable_hostname(backend)
     try:
         store = dist.TCPStore(
             launch.master_addr,
@@ -136,9 +138,11 @@ def init(launch: Launch, backend: str, device: torch.device, timeout_seconds: fl
         # After an elastic restart the store can still hold the dead workers' addresses, and gloo
         # would dial them ("Connection refused"); a key prefix per attempt keeps each attempt apart.
         attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        attempt_store = dist.PrefixStore(f"mnist_ddp/attempt_{attempt}", store)
+        rendezvous.join(attempt_store, launch.rank, launch.world_size, address, timeout_seconds)
         dist.init_process_group(
             backend=backend,
-            store=dist.PrefixStore(f"mnist_ddp/attempt_{attempt}", store),
+            store=attempt_store,
             rank=launch.rank,
             world_size=launch.world_size,
             timeout=timeout,
@@ -151,6 +155,30 @@ def init(launch: Launch, backend: str, device: torch.device, timeout_seconds: fl
             f" node can reach and that all {launch.world_size} ranks start (dist.timeout_seconds={timeout_seconds:g})",
             rank_specific=True,
         ) from None
+
+
+def is_peer_loss(e: BaseException) -> bool:
+    """Whether a collective failed because a peer went away (gloo and NCCL say so in their messages)."""
+    text = str(e)
+    return isinstance(e, dist.DistError) or any(
+        sign in text for sign in ("Connection reset by peer", "Connection closed by peer", "/gloo/transport/")
+    )
+
+
+def threads_per_rank(configured: int, default: int, env: Mapping[str, str] = os.environ) -> int:
+    """Intra-op threads for this rank: train.threads when set; else the CPUs the launcher gave it.
+
+    torchrun sets OMP_NUM_THREADS=1 when it starts several ranks on a node (torch then defaults
+    to it); otherwise each rank would use every CPU it sees, however many ranks share them. The
+    CPUs given are SLURM's CPUs per task, else the CPUs this process may run on, shared by the
+    ranks torchrun started on this node.
+    """
+    if configured:
+        return configured
+    if env.get("OMP_NUM_THREADS"):
+        return default
+    cpus = env_int(env, "SLURM_CPUS_PER_TASK", len(os.sched_getaffinity(0)))
+    return max(1, min(default, cpus // env_int(env, "LOCAL_WORLD_SIZE", 1)))
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

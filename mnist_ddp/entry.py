@@ -47,10 +47,10 @@ def report_unexpected(e: Exception, command: str, rank: int = 0, world_size: int
     where = save_traceback(command, rank)
     kept = f"traceback in {where}" if where else "no traceback file could be written"
     prefix = f"[rank {rank}] " if world_size > 1 else ""
-    say(
-        f"error: {prefix}unexpected {type(e).__name__}: {first_line(e)} ({kept}; {DEBUG_ENV}=1 prints it here)",
-        sys.stderr,
-    )
+    what = f"unexpected {type(e).__name__}"
+    if distributed.is_peer_loss(e):
+        what = "lost contact with another rank (its process or node failed; its own log says why)"
+    say(f"error: {prefix}{what}: {first_line(e)} ({kept}; {DEBUG_ENV}=1 prints it here)", sys.stderr)
     return EXIT_CRASH
 
 

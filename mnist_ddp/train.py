@@ -45,6 +45,7 @@ from mnist_ddp.distributed import (
     broadcast_from_rank0,
     fail_together,
     per_rank_batch_size,
+    threads_per_rank,
     wrap_ddp,
 )
 from mnist_ddp.entry import run_command
@@ -81,8 +82,8 @@ class Trainer:
         self.rank, self.world_size, self.is_main = launch.rank, launch.world_size, launch.rank == 0
         self.per_rank_batch = per_rank_batch_size(tc.batch_size, self.world_size)
         check_step_options(tc, self.per_rank_batch, device, self.world_size)
-        if tc.threads:
-            torch.set_num_threads(tc.threads)
+        self.threads = threads_per_rank(tc.threads, torch.get_num_threads())
+        torch.set_num_threads(self.threads)
         seed_everything(cfg.seed)
         guard.install_signal_handlers()
 
@@ -389,6 +390,7 @@ class Trainer:
         summary |= {
             "backend": self.backend if self.world_size > 1 else "none",
             "per_rank_batch_size": self.per_rank_batch,
+            "threads_per_rank": self.threads,
             "peak_rss_mb_per_rank": [round(float(r.item()), 1) for r in peak_rss],
         }
         metrics.write_summary(self.run_dir, summary)

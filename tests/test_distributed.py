@@ -60,6 +60,29 @@ def test_first_host(nodelist, host):
     assert distributed.first_host(nodelist) == host
 
 
+@pytest.mark.parametrize(
+    "configured, env, expected",
+    [
+        (3, {"OMP_NUM_THREADS": "1"}, 3),  # train.threads wins over everything
+        (0, {"OMP_NUM_THREADS": "1"}, 8),  # torchrun's (or the user's) OMP_NUM_THREADS: torch's default
+        (0, {"SLURM_CPUS_PER_TASK": "8", "LOCAL_WORLD_SIZE": "4"}, 2),  # one task per node, 4 ranks in it
+        (0, {"SLURM_CPUS_PER_TASK": "1", "LOCAL_WORLD_SIZE": "1"}, 1),  # sbatch --nodes=2 --cpus-per-task=1
+        (0, {"SLURM_CPUS_PER_TASK": "3", "LOCAL_WORLD_SIZE": "4"}, 1),  # never below one
+        (0, {"SLURM_CPUS_PER_TASK": "64"}, 8),  # never above torch's default
+    ],
+)
+def test_threads_follow_the_cpus_the_launcher_gives_each_rank(configured, env, expected):
+    assert distributed.threads_per_rank(configured, 8, env) == expected
+
+
+def test_without_slurm_the_cpus_this_process_may_use_are_shared_by_the_local_ranks():
+    import os
+
+    cpus = len(os.sched_getaffinity(0))
+    assert distributed.threads_per_rank(0, 64, {"LOCAL_WORLD_SIZE": "1"}) == cpus
+    assert distributed.threads_per_rank(0, 64, {"LOCAL_WORLD_SIZE": str(cpus * 2)}) == 1
+
+
 def test_backend_follows_the_device():
     assert distributed.choose_backend("auto", torch.device("cpu")) == "gloo"
     assert distributed.choose_backend("auto", torch.device("cuda", 0)) == "nccl"
@@ -214,6 +237,9 @@ def test_three_ranks_score_an_indivisible_test_set_exactly(tmp_path):
 def test_two_nodes_on_one_machine(tmp_path):
     port = free_port()
     env = {"NNODES": "2", "NPROC": "1", "RDZV_ENDPOINT": f"127.0.0.1:{port}", "RDZV_ID": "pytest-two-nodes"}
+    # Both "nodes" share this machine's loopback, which a real multi-node job refuses to use
+    # unless told to (tests/test_multinode.py runs two hosts with their own addresses).
+    env["GLOO_SOCKET_IFNAME"] = "lo"
     cmd = [str(REPO / "launch" / "node.sh"), "--config", SMOKE, "train.epochs=2", f"run.dir={tmp_path / 'run'}"]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHON": sys.executable, **env}
     agents = [

@@ -65,16 +65,18 @@ def no_images(tmp: Path) -> None:
     (tmp / "mnist" / TEST_IMAGES).write_bytes(header)
 
 
+LISTENERS: list[socket.socket] = []  # held open for the rest of the session
+
+
 def busy_port() -> int:
-    """A port something is listening on for the rest of the test session."""
+    """A port something is listening on."""
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     s.listen()
-    busy_port.sockets.append(s)  # type: ignore[attr-defined]
+    LISTENERS.append(s)
     return s.getsockname()[1]
 
 
-busy_port.sockets = []  # type: ignore[attr-defined]
 DATA = ["data.root=mnist", "data.download=false"]
 
 CASES = {
@@ -506,21 +508,27 @@ def test_slurm_logs_are_git_ignored():
 def test_a_port_in_use_and_a_missing_peer_end_in_one_line(tmp_path):
     # A bare srun's rank 0 hosts the store on MASTER_PORT: taken, it cannot; free, it waits for rank 1.
     base = {**os.environ, "SLURM_NTASKS": "2", "SLURM_PROCID": "0", "MASTER_ADDR": "127.0.0.1"}
-    for port, fragment in ((busy_port(), "could not join the process group at 127.0.0.1:"), (None, "could not join")):
-        env = {**base, "MASTER_PORT": str(port or free_port())}
+    busy = busy_port()
+    for port in (busy, free_port()):
         started = time.monotonic()
         result = subprocess.run(
-            [sys.executable, "-m", "mnist_ddp.train", *SMOKE, "dist.timeout_seconds=3", "run.dir=run"],
+            [sys.executable, "-m", "mnist_ddp.train", *SMOKE, "dist.timeout_seconds=7", "run.dir=run"],
             cwd=tmp_path,
-            env=env,
+            env={**base, "MASTER_PORT": str(port)},
             capture_output=True,
             text=True,
             timeout=120,
         )
         assert result.returncode == EXIT_INPUT, result.stderr[-2000:]
         errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-        assert len(errors) == 1 and fragment in errors[0] and "Traceback" not in result.stderr
+        assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
         assert time.monotonic() - started < 60 and not (tmp_path / "run").exists()
+        if port == busy:
+            assert f"could not join the process group at 127.0.0.1:{port} (DistNetworkError" in errors[0]
+        else:
+            assert errors[0].startswith(f"error: [rank 0] only 1 of 2 ranks joined at 127.0.0.1:{port} within 7 s;")
+            waiting = [line for line in result.stderr.splitlines() if line.startswith("waiting for ")]
+            assert waiting[:2] == [f"waiting for 1 of 2 ranks at 127.0.0.1:{port}"] * 2
 
 
 def free_port() -> int:

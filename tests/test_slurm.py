@@ -7,17 +7,16 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from conftest import CONFIGS, REPO
+from slurm_jobs import final_hashes, wait_for_end, wait_for_text
 
 from mnist_ddp.fault_injection import PRINT_HASH_ENV
 
 CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
 OVERRIDES = ["--config", str(CONFIGS / "smoke.yaml"), "train.epochs=30", "checkpoint.every_steps=20"]
-DONE_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 
 
 def why_no_slurm() -> str | None:
@@ -76,37 +75,6 @@ def submit(slurm: dict[str, str], out_dir: Path) -> tuple[str, Path]:
     assert result.returncode == 0, result.stderr
     job_id = result.stdout.strip().split(";")[0]
     return job_id, out_dir / f"slurm-mnist_ddp-{job_id}.out"
-
-
-def job_fields(slurm: dict[str, str], job_id: str) -> dict[str, str]:
-    line = subprocess.run(
-        ["scontrol", "-o", "show", "job", job_id], env=slurm, capture_output=True, text=True, timeout=30
-    ).stdout
-    return dict(item.split("=", 1) for item in line.split() if "=" in item)
-
-
-def wait_for_end(slurm: dict[str, str], job_id: str, timeout: float = 300) -> dict[str, str]:
-    # sbatch --wait polls slowly and returns 0 for a cancelled job: poll and read the state instead.
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        fields = job_fields(slurm, job_id)
-        if fields.get("JobState") in DONE_STATES:
-            return fields
-        time.sleep(1)
-    raise AssertionError(f"job {job_id} did not finish in {timeout} s: {job_fields(slurm, job_id)}")
-
-
-def wait_for_text(path: Path, text: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and text in path.read_text(errors="replace"):
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"{text!r} not in {path} after {timeout} s")
-
-
-def final_hashes(log: str) -> set[str]:
-    return {line.split()[-1] for line in log.splitlines() if line.startswith("parameter_hash ")}
 
 
 @pytest.fixture(scope="module")

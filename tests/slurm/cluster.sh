@@ -5,6 +5,7 @@
 #   up       write slurm.conf into $MNIST_DDP_SLURM_DIR (default /tmp/mnist-ddp-slurm), start
 #            munged, slurmctld and slurmd without systemd, and wait until the node is idle
 #   down     stop the daemons by their pid files
+#   munge    start munged (with a key) if it is not running; `up` does this first
 #
 # Needs root. Prints `export SLURM_CONF=...` last on `up`: the client commands need it.
 set -euo pipefail
@@ -24,12 +25,7 @@ install() {
     return 1
 }
 
-up() {
-    if pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null; then
-        echo "cluster.sh: slurmctld or slurmd is already running; stop it first (cluster.sh down)" >&2
-        return 1
-    fi
-    mkdir -p "$dir/state" "$dir/spool" "$dir/log"
+munge_up() {
     # munge: SLURM's authentication. It refuses to run as root or with loose permissions.
     mkdir -p /run/munge /var/lib/munge /var/log/munge /etc/munge
     chown munge:munge /run/munge /var/lib/munge /var/log/munge /etc/munge
@@ -42,7 +38,15 @@ up() {
     if ! pgrep -x munged >/dev/null; then
         runuser -u munge -- /usr/sbin/munged
     fi
+}
 
+up() {
+    if pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null; then
+        echo "cluster.sh: slurmctld or slurmd is already running; stop it first (cluster.sh down)" >&2
+        return 1
+    fi
+    mkdir -p "$dir/state" "$dir/spool" "$dir/log"
+    munge_up
     local node
     node=$(slurmd -C | head -n1)
     cat >"$conf" <<CONF
@@ -64,6 +68,8 @@ EnforcePartLimits=ALL
 ReturnToService=2
 MpiDefault=none
 JobRequeue=1
+# A requeued job waits for the backfill scheduler, every 30 s by default: every second here.
+SchedulerParameters=bf_interval=1
 StateSaveLocation=$dir/state
 SlurmdSpoolDir=$dir/spool
 SlurmctldPidFile=$dir/slurmctld.pid
@@ -102,7 +108,8 @@ down() {
 
 case "${1:-}" in
     install) install ;;
+    munge) munge_up ;;
     up) up ;;
     down) down ;;
-    *) echo "usage: $0 install|up|down" >&2; exit 2 ;;
+    *) echo "usage: $0 install|munge|up|down" >&2; exit 2 ;;
 esac
