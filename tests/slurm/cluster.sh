@@ -68,8 +68,8 @@ EnforcePartLimits=ALL
 ReturnToService=2
 MpiDefault=none
 JobRequeue=1
-# A requeued job waits for the backfill scheduler, every 30 s by default: every second here.
-SchedulerParameters=bf_interval=1
+# A requeued job waits for the next scheduling pass (every 30 or 60 s by default): every 1-2 s here.
+SchedulerParameters=bf_interval=1,sched_interval=2
 StateSaveLocation=$dir/state
 SlurmdSpoolDir=$dir/spool
 SlurmctldPidFile=$dir/slurmctld.pid
