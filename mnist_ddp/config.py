@@ -77,6 +77,7 @@ class TrainConfig:
     compile: bool = doc("torch.compile the model", False)
     cuda_graphs: bool = doc("replay the forward and backward pass as one CUDA graph (one CUDA rank)", False)
     eval_batch_size: int = doc("batch size for evaluation", 10_000)
+    eval_every_epochs: int = doc("evaluate, record and print every N epochs (and always after the last)", 1)
     device: str = doc("auto | cpu | cuda", "auto")
     threads: int = doc("torch intra-op threads per process; 0 keeps torch's default", 0)
 
@@ -92,7 +93,8 @@ class DistConfig:
 
 @dataclass
 class CheckpointConfig:
-    every_steps: int = doc("snapshot every N global steps, besides every epoch end; 0: epoch ends only", 500)
+    every_steps: int = doc("snapshot every N global steps (0: off), besides the epoch-end snapshots", 500)
+    every_epochs: int = doc("snapshot at the end of every N epochs (and always after the last); 0: the last only", 1)
     keep: int = doc("snapshots kept in run.dir/checkpoints (oldest deleted first)", 3)
     check_every_steps: int = doc("steps between the ranks' agreement on stop signals and NaN/inf", 10)
     requeue: bool = doc("on a preemption signal under SLURM, rank 0 runs 'scontrol requeue $SLURM_JOB_ID'", True)
@@ -258,6 +260,8 @@ def validate(cfg: Config) -> None:
         (t.epochs >= 1, "train.epochs", t.epochs, "at least 1"),
         (t.batch_size >= 1, "train.batch_size", t.batch_size, "at least 1"),
         (t.eval_batch_size >= 1, "train.eval_batch_size", t.eval_batch_size, "at least 1"),
+        (t.eval_every_epochs >= 1, "train.eval_every_epochs", t.eval_every_epochs, "at least 1"),
+        (cfg.checkpoint.every_epochs >= 0, "checkpoint.every_epochs", cfg.checkpoint.every_epochs, "at least 0"),
         (t.lr > 0, "train.lr", t.lr, "greater than 0"),
         (t.momentum >= 0, "train.momentum", t.momentum, "at least 0"),
         (t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "at least 0"),

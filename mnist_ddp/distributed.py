@@ -32,6 +32,7 @@ class Launch:
     launcher: str = "none"  # torchrun | slurm | none
     master_addr: str = "127.0.0.1"
     master_port: int = 29500
+    local_world_size: int = 1  # the ranks torchrun started on this node (1 for each bare srun task)
 
 
 def first_host(nodelist: str) -> str:
@@ -69,6 +70,7 @@ def read_launch(env: Mapping[str, str] = os.environ) -> Launch:
             launcher="torchrun",
             master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
             master_port=env_int(env, "MASTER_PORT", 29500),
+            local_world_size=env_int(env, "LOCAL_WORLD_SIZE", 1),
         )
     elif env_int(env, "SLURM_NTASKS", 1) > 1 and "SLURM_PROCID" in env:
         # srun starts every task itself: derive one address and port that all tasks agree on.
@@ -93,19 +95,33 @@ def read_launch(env: Mapping[str, str] = os.environ) -> Launch:
     return launch
 
 
-def choose_device(requested: str, local_rank: int) -> torch.device:
-    """CUDA device ``local_rank`` when CUDA is there (or asked for), else the CPU."""
+def cuda_index(launch: Launch, visible: int, share: bool = False) -> int:
+    """Which of the ``visible`` CUDA devices this rank uses.
+
+    A task that sees exactly one device (``srun --gpus-per-task=1``, or GPUs bound by cgroups)
+    uses it, whatever its local rank; torchrun's ranks share the node's devices, rank i taking
+    device i. More ranks than devices is an error (NCCL refuses two ranks on one GPU), unless
+    ``share`` (dist.backend=gloo asked for by name): then the ranks take the devices in turn.
+    """
+    if visible == 1 and launch.local_world_size == 1:
+        return 0
+    if launch.local_rank < visible or share:
+        return launch.local_rank % visible
+    raise InputError(
+        f"local rank {launch.local_rank} has no GPU ({visible} visible to it); start at most {visible} ranks per node,"
+        " or give each task its own GPU (srun --gpus-per-task=1)"
+    )
+
+
+def choose_device(requested: str, launch: Launch, share: bool = False) -> torch.device:
+    """A CUDA device (see :func:`cuda_index`) when CUDA is there or asked for, else the CPU."""
     if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise InputError("train.device=cuda but no CUDA device is available; use train.device=auto or cpu")
-    count = torch.cuda.device_count()
-    if local_rank >= count:
-        raise InputError(
-            f"local rank {local_rank} has no GPU (this node has {count}); start at most {count} processes per node"
-        )
-    torch.cuda.set_device(local_rank)
-    return torch.device("cuda", local_rank)
+    index = cuda_index(launch, torch.cuda.device_count(), share)
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
 
 
 def choose_backend(requested: str, device: torch.device) -> str:

@@ -65,7 +65,7 @@ def run_command(
     try:
         launch = distributed.read_launch()
         cfg = parse()
-        device = distributed.choose_device(cfg.train.device, launch.local_rank)
+        device = distributed.choose_device(cfg.train.device, launch, share=cfg.dist.backend == "gloo")
         backend = distributed.choose_backend(cfg.dist.backend, device)
         distributed.init(launch, backend, device, cfg.dist.timeout_seconds)
         body(cfg, launch, device, backend)

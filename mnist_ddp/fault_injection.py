@@ -41,15 +41,18 @@ def planned_fault(rank: int) -> Fault | None:
     return Fault(kind, int(step))
 
 
-def inject(fault: Fault | None, step: int, loss: torch.Tensor) -> torch.Tensor:
-    """Apply ``fault`` if it is due at ``step``; returns the (possibly poisoned) loss."""
+def inject(fault: Fault | None, step: int, loss: torch.Tensor | None) -> torch.Tensor | None:
+    """Apply ``fault`` if it is due at ``step``; returns the (possibly poisoned) loss.
+
+    A CUDA graph step passes no loss: a crash or kill -9 still happens, a NaN cannot be injected.
+    """
     if fault is None or fault.step != step:
         return loss
     if fault.kind == "raise":
         raise RuntimeError(f"test fault: rank fails at step {step}")
     if fault.kind == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
-    return loss * float("nan")
+    return None if loss is None else loss * float("nan")
 
 
 def print_hash_requested() -> bool:

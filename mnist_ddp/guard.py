@@ -83,10 +83,10 @@ class Decision:
     interrupted: bool = False  # the stop is a Ctrl-C, not a preemption: no requeue
 
 
-def track_loss(first_bad: torch.Tensor, loss: torch.Tensor, step: int) -> torch.Tensor:
+def track_loss(first_bad: torch.Tensor, loss: torch.Tensor, step: int | torch.Tensor) -> torch.Tensor:
     """Record ``step`` if this loss is the first non-finite one, on the device (no host sync)."""
     is_new = (~torch.isfinite(loss)) & (first_bad == NO_BAD_STEP)
-    return torch.where(is_new, torch.full_like(first_bad, step), first_bad)
+    return torch.where(is_new, step if isinstance(step, torch.Tensor) else torch.full_like(first_bad, step), first_bad)
 
 
 @dataclass
@@ -134,17 +134,24 @@ class StopGuard:
     """One rank's side of the agreement: its first non-finite step and the check in flight.
 
     Every rank calls :meth:`record` after each step and :meth:`lagged` or :meth:`now` at the
-    same global steps, so every rank takes the same decision at the same step.
+    same global steps, so every rank takes the same decision at the same step. Its counters
+    are device tensors updated in place, so a CUDA graph can hold :meth:`record` too.
     """
 
     def __init__(self, model: nn.Module, device: torch.device) -> None:
         self.model = model
         self.first_bad = torch.full((), NO_BAD_STEP, dtype=torch.int64, device=device)
+        self.step = torch.zeros((), dtype=torch.int64, device=device)  # the global step of the next record
         self.pending: PendingCheck | None = None
 
-    def record(self, loss: torch.Tensor, step: int) -> None:
-        """Note whether the loss of global step ``step`` is finite (on the device, no host sync)."""
-        self.first_bad = track_loss(self.first_bad, loss, step)
+    def start_at(self, global_step: int) -> None:
+        """The global step the next recorded loss belongs to (after a resume)."""
+        self.step.fill_(global_step)
+
+    def record(self, loss: torch.Tensor) -> None:
+        """Note whether the loss of the current global step is finite (on the device, no host sync)."""
+        self.first_bad.copy_(track_loss(self.first_bad, loss, self.step))
+        self.step.add_(1)
 
     def lagged(self, step: int) -> Decision:
         """The decision of the previous check (go on when there was none), and queue this step's check."""

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from mnist_ddp import PACKAGE_IMPORTED_AT
-from mnist_ddp.atomic import atomic_write_json, atomic_write_text, json_text
+from mnist_ddp.atomic import atomic_write_json, atomic_write_text, json_text, output_error
 from mnist_ddp.evaluation import EvalCounts
 
 # Accuracy milestones whose first crossing the summary reports: the blog's 97.4% and 98%.
@@ -80,8 +80,22 @@ def format_epoch_line(record: dict[str, Any], epochs: int) -> str:
 
 
 def write_metrics(run_dir: Path, records: list[dict[str, Any]]) -> None:
-    """Rewrite metrics.jsonl with every epoch so far (atomically: readers never see half a line)."""
-    atomic_write_text(run_dir / "metrics.jsonl", "".join(json_text(r) + "\n" for r in records))
+    """Rewrite metrics.jsonl with every record so far, atomically. A run does this once, at its
+    start: a resumed run's file then holds exactly its snapshot's records, whatever was appended
+    after that snapshot."""
+    path = run_dir / "metrics.jsonl"
+    if records or path.exists():
+        atomic_write_text(path, "".join(json_text(r) + "\n" for r in records))
+
+
+def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
+    """Add one record to metrics.jsonl: one write of one whole line, no rewrite and no fsync."""
+    path = run_dir / "metrics.jsonl"
+    try:
+        with path.open("a") as f:
+            f.write(json_text(record) + "\n")
+    except OSError as e:
+        raise output_error(path, e) from None
 
 
 def build_summary(records: list[dict[str, Any]], final: EvalCounts, world_size: int) -> dict[str, Any]:

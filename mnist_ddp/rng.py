@@ -51,26 +51,48 @@ def device_rng_state(device: torch.device) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def saved_device_type(state: torch.Tensor) -> str:
+    """The device type a :func:`device_rng_state` came from: 'cuda' when it holds a CUDA part."""
+    return "cuda" if len(state) > len(torch.get_rng_state()) else "cpu"
+
+
+def restore_plan(saved: str, device_type: str) -> tuple[bool, bool]:
+    """(restore the saved CUDA generator state, the streams continue exactly) for a snapshot
+    saved on ``saved`` and resumed on ``device_type``. The CPU generator state is always restored.
+
+    CPU -> CUDA: there is no CUDA state to restore (the dropout masks, drawn on the GPU, take a
+    new stream). CUDA -> CPU: the CPU state is restored, but the masks were drawn from the CUDA
+    generator, so they cannot continue either.
+    """
+    return saved == "cuda" and device_type == "cuda", saved == device_type
+
+
 def set_device_rng_state(state: torch.Tensor, device: torch.device) -> None:
-    """Undo :func:`device_rng_state`."""
+    """Undo :func:`device_rng_state` (the CUDA part only when both the state and ``device`` have one)."""
     cpu_len = len(torch.get_rng_state())
     torch.set_rng_state(state[:cpu_len].clone())
-    if device.type == "cuda":
+    if restore_plan(saved_device_type(state), device.type)[0]:
         torch.cuda.set_rng_state(state[cpu_len:].clone(), device)
 
 
 def restore_streams(
     host: dict[str, Any], per_rank: list[torch.Tensor], rank: int, world_size: int, seed: int, step: int, device
-) -> bool:
+) -> str | None:
     """Continue this rank's random streams where a snapshot of ``len(per_rank)`` ranks left them.
 
-    With another world size the host streams (and so the data order) continue exactly, but
-    the dropout masks cannot: each rank is reseeded from (seed, rank, step). Returns whether
-    the restore was exact.
+    The host streams (and so the data order) always continue exactly. The dropout masks continue
+    exactly only with the same world size and device type; otherwise each rank's generators are
+    reseeded from (seed, rank, step). Returns None when exact, else why not (for a warning).
     """
     set_host_rng_state(host)
     if len(per_rank) == world_size:
-        set_device_rng_state(per_rank[rank], device)
-        return True
-    torch.manual_seed(seed + rank + 1_000_003 * step)
-    return False
+        state = per_rank[rank]
+        set_device_rng_state(state, device)
+        saved = saved_device_type(state)
+        if restore_plan(saved, device.type)[1]:
+            return None
+        if device.type == "cuda":  # CPU -> CUDA: no CUDA state was saved
+            torch.cuda.manual_seed(seed + rank + 1_000_003 * step)
+        return f"snapshot saved on {saved}, resuming on {device.type}"
+    torch.manual_seed(seed + rank + 1_000_003 * step)  # every generator, CUDA's included
+    return f"snapshot saved with {len(per_rank)} ranks, resuming with {world_size}"

@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from mnist_ddp import cuda_graphs, fault_injection, guard, metrics, tracking
+from mnist_ddp import fault_injection, guard, metrics, tracking
 from mnist_ddp.atomic import atomic_write_text
 from mnist_ddp.checkpoint import (
     Progress,
@@ -34,9 +32,9 @@ from mnist_ddp.checkpoint import (
     save_snapshot,
     snapshot_dir,
 )
-from mnist_ddp.config import Config, TrainConfig, parse_args, to_dict, to_yaml
+from mnist_ddp.config import Config, parse_args, to_dict, to_yaml
 from mnist_ddp.console import say, warn
-from mnist_ddp.data import epoch_permutation, load_on_every_rank, normalize_pixels, shard_indices, shift_images
+from mnist_ddp.data import epoch_permutation, load_on_every_rank, shard_indices
 from mnist_ddp.distributed import (
     Launch,
     all_gather_tensors,
@@ -49,27 +47,13 @@ from mnist_ddp.distributed import (
     wrap_ddp,
 )
 from mnist_ddp.entry import run_command
-from mnist_ddp.errors import Diverged, InputError, Interrupted, Preempted
+from mnist_ddp.errors import Diverged, Interrupted, Preempted
 from mnist_ddp.evaluation import EvalCounts, evaluate_across_ranks
 from mnist_ddp.model import build_model, parameter_count, parameter_hash
-from mnist_ddp.optimizer import build_optimizer, build_schedule
+from mnist_ddp.optimizer import build_optimizer, build_schedule, current_lr, load_optimizer_state
 from mnist_ddp.rng import device_rng_state, host_rng_state, restore_streams, seed_everything
 from mnist_ddp.rundir import RunDirLock, choose_run_dir
-
-
-def check_step_options(tc: TrainConfig, per_rank_batch: int, device: torch.device, world_size: int) -> None:
-    """Gradient accumulation and CUDA graphs each need a setting they can work with."""
-    if per_rank_batch % tc.accumulate_steps:
-        raise InputError(
-            f"train.accumulate_steps={tc.accumulate_steps} does not split the {per_rank_batch} images per rank"
-            " per step evenly; use a divisor of train.batch_size / ranks"
-        )
-    if tc.cuda_graphs and (device.type != "cuda" or world_size > 1 or tc.accumulate_steps > 1):
-        raise InputError(
-            "train.cuda_graphs=true needs one CUDA rank and train.accumulate_steps=1"
-            f" (here: {world_size} rank(s) on {device.type}, accumulate_steps={tc.accumulate_steps});"
-            " set train.cuda_graphs=false"
-        )
+from mnist_ddp.step import TrainStep, check_step_options
 
 
 class Trainer:
@@ -91,17 +75,17 @@ class Trainer:
         self.model = build_model(cfg, self.data.in_features).to(device)
         # Same initial weights on every rank (seeded above); different dropout masks per rank.
         torch.manual_seed(cfg.seed + self.rank)
-        self.ddp_model = wrap_ddp(self.model, device, cfg.dist)
-        self.forward = torch.compile(self.ddp_model) if tc.compile else self.ddp_model
+        ddp_model = wrap_ddp(self.model, device, cfg.dist)
         # Every rank's shard has the same length (padded), hence the same number of steps.
         self.shard_len = len(shard_indices(torch.arange(len(self.data.train_labels)), self.rank, self.world_size))
         self.steps_per_epoch = -(-self.shard_len // self.per_rank_batch)
-        self.optimizer = build_optimizer(self.model.parameters(), tc, device)
+        self.optimizer = build_optimizer(self.model.parameters(), tc, device, capturable=tc.cuda_graphs)
         self.schedule = build_schedule(self.optimizer, tc, tc.epochs * self.steps_per_epoch)
-        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if tc.bf16 else nullcontext()
-        self.fault = fault_injection.planned_fault(self.rank)
         self.guard = guard.StopGuard(self.model, device)
-        self.graphed_step: Any = None
+        fault = fault_injection.planned_fault(self.rank)
+        self.step = TrainStep(
+            tc, self.data, self.model, ddp_model, self.optimizer, self.schedule, self.guard, self.per_rank_batch, fault
+        )
         self.wandb_run: Any = None
 
         self.run_dir = choose_run_dir(cfg.run.dir) if self.is_main else None
@@ -143,14 +127,12 @@ class Trainer:
     def resume(self, snapshot: Snapshot) -> Progress:
         """Load the snapshot's weights, optimizer, schedule and random streams; its progress."""
         self.model.load_state_dict(snapshot.model)
-        self.optimizer.load_state_dict(snapshot.optimizer)
-        if self.schedule is not None:
-            self.schedule.load_state_dict(snapshot.schedule)
+        load_optimizer_state(self.optimizer, self.schedule, snapshot.optimizer, snapshot.schedule)
         progress = snapshot.progress
         step, seed = progress.global_step, self.cfg.seed
-        exact = restore_streams(snapshot.host_rng, snapshot.rng, self.rank, self.world_size, seed, step, self.device)
-        if not exact and self.is_main:
-            warn(f"snapshot saved with {snapshot.world_size} ranks, resuming with {self.world_size}")
+        inexact = restore_streams(snapshot.host_rng, snapshot.rng, self.rank, self.world_size, seed, step, self.device)
+        if inexact and self.is_main:
+            warn(f"{inexact}: the data order continues exactly, the dropout masks from a new random stream")
         if not self.is_main:
             progress.loss_carry = 0.0  # rank 0 carries the loss of the steps before the snapshot
         return progress
@@ -159,17 +141,17 @@ class Trainer:
         """Train every remaining epoch and write the outputs; rank 0 returns the summary."""
         if self.run_dir is not None:
             atomic_write_text(self.run_dir / "config.yaml", to_yaml(self.cfg))
+            metrics.write_metrics(self.run_dir, self.progress.records)
             self.announce()
         resume_id = self.resumed_from.wandb_run_id if self.resumed_from else None
         with tracking.tracked(self.cfg, self.run_dir, resume_id) as self.wandb_run:
-            if self.cfg.train.cuda_graphs:
-                self.graphed_step = cuda_graphs.capture_loss_and_grads(
-                    self.batch_loss, self.per_rank_batch, self.model, self.device
-                )
             # Host-side values only in the loop: the losses stay on the device until the epoch ends.
             self.step_losses = torch.zeros(self.steps_per_epoch, device=self.device)
             self.batch_sizes = torch.full((self.steps_per_epoch,), float(self.per_rank_batch), device=self.device)
             self.batch_sizes[-1] = self.shard_len - (self.steps_per_epoch - 1) * self.per_rank_batch
+            self.guard.start_at(self.progress.global_step)
+            if self.cfg.train.cuda_graphs:
+                self.step.capture(self.step_losses, self.shard_len)
             counts = self.train_epochs()
             return self.finish(counts)
 
@@ -198,6 +180,7 @@ class Trainer:
             order = epoch_permutation(len(self.data.train_labels), cfg.seed, p.epoch).to(self.device)
             shard = shard_indices(order, self.rank, self.world_size)
             self.step_losses.zero_()
+            self.step.start_epoch(shard, p.step_in_epoch)
             logged_lrs: dict[int, float] = {}  # global step -> lr, for the steps whose loss is logged
             started = time.perf_counter()
             bar = tqdm(
@@ -209,57 +192,15 @@ class Trainer:
             )
             for step_in_epoch in range(p.step_in_epoch + 1, self.steps_per_epoch + 1):
                 batch = shard[(step_in_epoch - 1) * self.per_rank_batch : step_in_epoch * self.per_rank_batch]
-                loss = self.train_step(batch)
-                self.step_losses[step_in_epoch - 1] = loss.detach()
-                self.guard.record(loss.detach(), p.global_step)
+                self.step(batch, p.global_step, self.step_losses, step_in_epoch - 1)
                 p.global_step, p.step_in_epoch = p.global_step + 1, step_in_epoch
                 bar.update()
                 if self.is_main and p.global_step % cfg.log.every_steps == 0:
-                    logged_lrs[p.global_step] = self.optimizer.param_groups[0]["lr"]
+                    logged_lrs[p.global_step] = current_lr(self.optimizer, self.schedule, cfg.train.lr)
                 self.check_after_step()
             bar.close()
-            counts = self.end_epoch(started, logged_lrs)
+            counts = self.end_epoch(started, logged_lrs) or counts
         return counts
-
-    def train_step(self, batch: torch.Tensor) -> torch.Tensor:
-        """One optimizer step on this rank's ``batch`` of indices; the batch's mean loss (on the device)."""
-        if self.graphed_step is not None and len(batch) == self.per_rank_batch:
-            loss = self.graphed_step(batch)
-        else:
-            # With CUDA graphs the .grad tensors belong to the graph: zero them, keep them.
-            self.optimizer.zero_grad(set_to_none=self.graphed_step is None)
-            loss = self.loss_and_grads(batch)
-        self.optimizer.step()
-        if self.schedule is not None:
-            self.schedule.step()
-        return loss
-
-    def batch_loss(self, batch: torch.Tensor) -> torch.Tensor:
-        """Mean loss over the images at indices ``batch`` (shifted when train.augment_shift > 0)."""
-        tc = self.cfg.train
-        images = normalize_pixels(self.data.train_images[batch])
-        if tc.augment_shift:
-            images = shift_images(images, tc.augment_shift)
-        with self.autocast:
-            logits = self.forward(images).float()
-        return F.cross_entropy(logits, self.data.train_labels[batch], label_smoothing=tc.label_smoothing)
-
-    def loss_and_grads(self, batch: torch.Tensor) -> torch.Tensor:
-        """Gradients of the batch's mean loss into .grad, from accumulate_steps micro-batches.
-
-        DDP all-reduces the gradients during the last micro-batch's backward only (no_sync).
-        """
-        accumulate = self.cfg.train.accumulate_steps
-        parts = batch.split(len(batch) // accumulate if len(batch) >= accumulate else 1)
-        total = torch.zeros((), device=self.device)
-        for i, part in enumerate(parts):
-            last = i == len(parts) - 1
-            with nullcontext() if last or self.world_size == 1 else self.ddp_model.no_sync():
-                loss = self.batch_loss(part) * (len(part) / len(batch))
-                loss = fault_injection.inject(self.fault, self.progress.global_step, loss)
-                loss.backward()  # DDP averages the gradients across ranks here (last micro-batch)
-            total += loss.detach()
-        return total
 
     def check_after_step(self) -> None:
         """At a snapshot step agree at once and snapshot; at a check step act on the previous check."""
@@ -332,30 +273,46 @@ class Trainer:
         barrier()
         return path
 
-    def end_epoch(self, started: float, logged_lrs: dict[int, float]) -> EvalCounts:
-        """Training loss over ranks, exact evaluation, agreement, rank 0's record, snapshot."""
-        p = self.progress
-        train_loss = all_reduce_sum(self.loss_sum_so_far()).item() / (self.shard_len * self.world_size)
-        train_seconds = time.perf_counter() - started
-        if self.is_main and logged_lrs:  # the epoch's one transfer of per-step losses
-            losses = self.step_losses.tolist()
-            for step, lr in logged_lrs.items():  # the epoch's last step is global_step
-                step_loss = losses[self.steps_per_epoch - 1 - (p.global_step - step)]
-                tracking.log(self.wandb_run, {"train/loss": step_loss, "train/lr": lr}, step)
-        counts = self.evaluate()
-        decision = self.guard.now(p.global_step)
-        self.stop_if_diverged(decision)  # before the record: a non-finite epoch is never recorded
-        if self.run_dir is not None:
-            lr = self.optimizer.param_groups[0]["lr"]
+    def end_epoch(self, started: float, logged_lrs: dict[int, float]) -> EvalCounts | None:
+        """Every train.eval_every_epochs: training loss over ranks, exact evaluation, agreement and
+        rank 0's record; every checkpoint.every_epochs: agreement and a snapshot. The last epoch
+        always does both. Returns the test counts when it evaluated."""
+        p, tc, every = self.progress, self.cfg.train, self.cfg.checkpoint.every_epochs
+        last = p.epoch == tc.epochs
+        evaluate = last or p.epoch % tc.eval_every_epochs == 0
+        snapshot = last or (every > 0 and p.epoch % every == 0)
+        counts = train_loss = train_seconds = None
+        if evaluate:
+            train_loss = all_reduce_sum(self.loss_sum_so_far()).item() / (self.shard_len * self.world_size)
+            train_seconds = time.perf_counter() - started
+        self.log_step_losses(logged_lrs)
+        if evaluate:
+            counts = self.evaluate()
+        decision = self.guard.now(p.global_step) if evaluate or snapshot else None
+        if decision is not None:
+            self.stop_if_diverged(decision)  # before the record: a non-finite epoch is never recorded
+        if counts is not None and self.run_dir is not None:
+            lr = current_lr(self.optimizer, self.schedule, tc.lr)
             record = metrics.epoch_record(p.epoch, train_loss, counts, self.images_trained(), train_seconds, lr)
             p.records.append(record)
-            metrics.write_metrics(self.run_dir, p.records)
-            say(metrics.format_epoch_line(record, self.cfg.train.epochs))
+            metrics.append_metrics(self.run_dir, record)
+            say(metrics.format_epoch_line(record, tc.epochs))
             tracking.log(self.wandb_run, tracking.epoch_values(record, counts.per_class_accuracy), p.global_step)
         p.start_next_epoch()
-        self.stop_if_asked(decision)
-        self.snapshot()
+        if decision is not None:
+            self.stop_if_asked(decision)
+        if snapshot:
+            self.snapshot()
         return counts
+
+    def log_step_losses(self, logged_lrs: dict[int, float]) -> None:
+        """Rank 0 logs the per-step losses of the epoch's logged steps: the epoch's one transfer of them."""
+        if not (self.is_main and logged_lrs):
+            return
+        losses, p = self.step_losses.tolist(), self.progress
+        for step, lr in logged_lrs.items():  # the epoch's last step is global_step
+            step_loss = losses[self.steps_per_epoch - 1 - (p.global_step - step)]
+            tracking.log(self.wandb_run, {"train/loss": step_loss, "train/lr": lr}, step)
 
     def images_trained(self) -> int:
         """Training images this epoch's steps took, over all ranks, not counting DDP's padding."""

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -45,23 +43,6 @@ def snapshot_state(step: int, hidden=(8,)) -> checkpoint.Snapshot:
         wandb_run_id=None,
         path=Path("s.pt"),
     )
-
-
-def test_host_rng_round_trips_without_pickles(tmp_path):
-    random.seed(3), np.random.seed(3)
-    state = rng.host_rng_state()
-    torch.save(state, tmp_path / "rng.pt")
-    expected = (random.random(), np.random.rand())
-    rng.set_host_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
-    assert (random.random(), np.random.rand()) == expected
-
-
-def test_device_rng_round_trips():
-    torch.manual_seed(5)
-    state = rng.device_rng_state(torch.device("cpu"))
-    expected = torch.rand(3)
-    rng.set_device_rng_state(state, torch.device("cpu"))
-    assert torch.equal(torch.rand(3), expected)
 
 
 def test_snapshots_keep_the_newest_and_point_latest_at_the_last(tmp_path):

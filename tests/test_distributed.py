@@ -31,6 +31,7 @@ OUTPUTS = ["checkpoints", "config.yaml", "metrics.jsonl", "model.pt", "plots", "
 def test_torchrun_environment():
     env = {"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4", "MASTER_ADDR": "n1", "MASTER_PORT": "1234"}
     assert distributed.read_launch(env) == distributed.Launch(3, 1, 4, "torchrun", "n1", 1234)
+    assert distributed.read_launch({**env, "LOCAL_WORLD_SIZE": "2"}).local_world_size == 2
 
 
 def test_bare_srun_environment():
@@ -81,6 +82,26 @@ def test_without_slurm_the_cpus_this_process_may_use_are_shared_by_the_local_ran
     cpus = len(os.sched_getaffinity(0))
     assert distributed.threads_per_rank(0, 64, {"LOCAL_WORLD_SIZE": "1"}) == cpus
     assert distributed.threads_per_rank(0, 64, {"LOCAL_WORLD_SIZE": str(cpus * 2)}) == 1
+
+
+@pytest.mark.parametrize(
+    "launch, visible, share, index",
+    [
+        (distributed.Launch(local_rank=0), 4, False, 0),
+        (distributed.Launch(3, 3, 4, "torchrun", local_world_size=4), 4, False, 3),  # torchrun: rank i, GPU i
+        (distributed.Launch(5, 1, 8, "slurm"), 1, False, 0),  # bare srun --gpus-per-task=1: its one GPU
+        (distributed.Launch(5, 1, 8, "slurm"), 4, False, 1),  # bare srun, every GPU visible to every task
+        (distributed.Launch(1, 1, 2, "torchrun", local_world_size=2), 1, True, 0),  # gloo ranks share a GPU
+    ],
+)
+def test_each_rank_takes_the_gpu_its_launcher_means(launch, visible, share, index):
+    assert distributed.cuda_index(launch, visible, share) == index
+
+
+def test_more_torchrun_ranks_than_gpus_is_an_error():
+    launch = distributed.Launch(1, 1, 2, "torchrun", local_world_size=2)
+    with pytest.raises(InputError, match=r"local rank 1 has no GPU \(1 visible to it\); start at most 1 ranks"):
+        distributed.cuda_index(launch, 1)
 
 
 def test_backend_follows_the_device():

@@ -54,3 +54,16 @@ def test_summary_numbers():
 def test_epoch_line_has_every_field():
     line = metrics.format_epoch_line({**record(3, 0.9812, 0.5, 7.25), "test_loss": 0.0654}, epochs=10)
     assert line == ("epoch  3/10  train_loss 0.1000  test_loss 0.0654  test_acc 98.12%  samples/s 2,000  elapsed 7.2s")
+
+
+def test_appending_records_gives_the_file_a_rewrite_gives(tmp_path):
+    records = [record(1, 0.9, 1.0, 2.0), record(2, 0.95, 1.0, 3.0), record(3, 0.97, 1.0, 4.0)]
+    metrics.write_metrics(tmp_path, records)
+    rewritten = (tmp_path / "metrics.jsonl").read_text()
+    (tmp_path / "metrics.jsonl").unlink()
+    metrics.write_metrics(tmp_path, [])  # a fresh run: no file until its first record
+    assert not (tmp_path / "metrics.jsonl").exists()
+    metrics.write_metrics(tmp_path, records[:1])  # a resumed run: its snapshot's records
+    for r in records[1:]:
+        metrics.append_metrics(tmp_path, r)
+    assert (tmp_path / "metrics.jsonl").read_text() == rewritten

@@ -8,11 +8,9 @@ import pytest
 import torch
 from conftest import CONFIGS, run_in_process, run_module
 
-from mnist_ddp.config import TrainConfig
 from mnist_ddp.data import DataConfig, load_splits
 from mnist_ddp.evaluation import evaluate
 from mnist_ddp.model import MLP
-from mnist_ddp.optimizer import build_optimizer, build_schedule
 
 OUTPUTS = ["checkpoints", "config.yaml", "metrics.jsonl", "model.pt", "plots", "summary.json"]
 SUMMARY_KEYS = {
@@ -26,56 +24,6 @@ SUMMARY_KEYS = {
     "wall_seconds",
 }
 METRIC_KEYS = {"epoch", "train_loss", "test_loss", "test_accuracy", "samples_per_second", "elapsed_seconds"}
-
-
-def test_onecycle_peaks_at_lr_and_ends_near_zero():
-    params = [torch.nn.Parameter(torch.zeros(1))]
-    cfg = TrainConfig(lr=0.01, schedule="onecycle")
-    optimizer = build_optimizer(params, cfg, torch.device("cpu"))
-    schedule = build_schedule(optimizer, cfg, total_steps=100)
-    lrs = []
-    for _ in range(100):
-        optimizer.step()
-        lrs.append(optimizer.param_groups[0]["lr"])
-        schedule.step()
-    assert max(lrs) == pytest.approx(0.01, rel=1e-3) and lrs[-1] < 1e-5
-
-
-def test_linear_schedule_warms_up_then_decays_to_zero():
-    params = [torch.nn.Parameter(torch.zeros(1))]
-    cfg = TrainConfig(lr=0.01, schedule="linear", warmup_fraction=0.1)
-    optimizer = build_optimizer(params, cfg, torch.device("cpu"))
-    schedule = build_schedule(optimizer, cfg, total_steps=100)
-    lrs = []
-    for _ in range(100):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        schedule.step()
-    assert lrs[0] == pytest.approx(0.001) and lrs[9] == pytest.approx(0.01) == max(lrs)
-    assert lrs[:10] == sorted(lrs[:10]) and lrs[9:] == sorted(lrs[9:], reverse=True)
-    assert lrs[-1] == pytest.approx(0.01 / 90) and optimizer.param_groups[0]["lr"] == 0
-    assert optimizer.param_groups[0]["betas"] == (0.9, cfg.beta2)
-
-
-def test_onecycle_leaves_plain_sgd_without_momentum():
-    params = [torch.nn.Parameter(torch.zeros(1))]
-    cfg = TrainConfig(optimizer="sgd", lr=0.01, momentum=0.0, schedule="onecycle")
-    optimizer = build_optimizer(params, cfg, torch.device("cpu"))
-    schedule = build_schedule(optimizer, cfg, total_steps=10)
-    for _ in range(5):
-        optimizer.step()
-        schedule.step()
-        assert optimizer.param_groups[0]["momentum"] == 0.0
-
-
-def test_sgd_gets_momentum_and_nesterov():
-    params = [torch.nn.Parameter(torch.zeros(1))]
-    cfg = TrainConfig(optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4, schedule="none")
-    optimizer = build_optimizer(params, cfg, torch.device("cpu"))
-    group = optimizer.param_groups[0]
-    assert isinstance(optimizer, torch.optim.SGD)
-    assert (group["lr"], group["momentum"], group["nesterov"], group["weight_decay"]) == (0.1, 0.9, True, 1e-4)
-    assert build_schedule(optimizer, cfg, 10) is None
 
 
 def read_run(run_dir):
@@ -181,6 +129,7 @@ def test_seed_config_runs_on_the_blog_split(tmp_path, real_mnist):
         "--config",
         str(CONFIGS / "seed.yaml"),
         "train.epochs=3",
+        "train.eval_every_epochs=1",  # seed.yaml evaluates every 10 epochs
         f"data.root={real_mnist}",
         f"run.dir={run_dir}",
         cwd=tmp_path,
@@ -191,3 +140,42 @@ def test_seed_config_runs_on_the_blog_split(tmp_path, real_mnist):
     # Plain SGD at lr 0.01 through five ReLU layers starts slowly (~76% after 3 epochs) but learns.
     assert records[0]["train_loss"] > records[1]["train_loss"] > records[2]["train_loss"]
     assert summary["test_accuracy"] > 0.5
+
+
+def test_evaluation_and_snapshots_every_n_epochs_and_always_the_last(tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["train.epochs=5", "train.eval_every_epochs=2", "checkpoint.every_epochs=2", "checkpoint.every_steps=0"]
+    result = run_in_process(
+        "mnist_ddp.train",
+        "--config",
+        str(CONFIGS / "smoke.yaml"),
+        *args,
+        "checkpoint.keep=10",
+        f"run.dir={run_dir}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    records, summary = read_run(run_dir)
+    assert [r["epoch"] for r in records] == [2, 4, 5] and summary["epochs"] == 3
+    assert [line.split()[1] for line in result.stdout.splitlines() if line.startswith("epoch ")] == [
+        "2/5",
+        "4/5",
+        "5/5",
+    ]
+    snapshots = sorted(p.name for p in (run_dir / "checkpoints").glob("step_*.pt"))
+    assert snapshots == ["step_0000046.pt", "step_0000092.pt", "step_0000115.pt"]  # 23 steps an epoch
+
+
+def test_a_resumed_run_rewrites_the_records_it_did_not_keep_then_appends(tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["--config", str(CONFIGS / "smoke.yaml"), "train.epochs=3", "checkpoint.keep=10", f"run.dir={run_dir}"]
+    assert run_in_process("mnist_ddp.train", *args, cwd=tmp_path).returncode == 0
+    # As if the job had died after epoch 3's line and before its snapshot: resume from epoch 2's.
+    (run_dir / "checkpoints" / "step_0000069.pt").unlink()
+    (run_dir / "checkpoints" / "latest").unlink()
+    first = (run_dir / "metrics.jsonl").read_text().splitlines()
+    result = run_in_process("mnist_ddp.train", *args, cwd=tmp_path)
+    assert result.returncode == 0 and "global step 46" in result.stdout
+    again = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in again] == [1, 2, 3]
+    assert again[:2] == first[:2]

@@ -1,0 +1,140 @@
+"""Everything about the GPU path that a CPU cannot show, checked on one GPU in one run (< 8 min).
+
+    bash benchmarks/gpu_check.sh [data.root=/path/to/mnist]
+
+Prints PASS or FAIL per check, then the timing table of benchmarks/gpu.sh (FULL=1). Checks:
+
+1. the default config reaches 98% on CUDA;
+2. CUDA graphs on and off, with dropout 0, end with the same weights;
+3. kill -9 mid-run and resume ends bit-identical to an uninterrupted run, graphs off and on;
+4. a CPU snapshot resumes on the GPU, and a GPU snapshot on the CPU (with the warning line);
+5. two gloo ranks with CUDA tensors share the GPU, and a rank killed mid-run is restarted by
+   torchrun and resumes to the uninterrupted run's weights;
+6. a one-rank NCCL group runs every collective helper the job uses.
+
+Two NCCL ranks cannot share one GPU, so NCCL across ranks (and DDP over NCCL) stays unproven here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+EXTRA = sys.argv[1:]
+SMALL = ["--config", str(REPO / "configs" / "smoke.yaml"), "train.epochs=6", "checkpoint.every_steps=20"]
+ENV = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", "MNIST_DDP_TEST_PRINT_HASH": "1"}
+RESULTS: list[tuple[str, bool, str]] = []
+
+
+def train(run_dir: Path, *args: str, torchrun: int = 0, env: dict | None = None, timeout: float = 300):
+    """python -m mnist_ddp.train (under torchrun with ``torchrun`` ranks); the CompletedProcess."""
+    launcher = [sys.executable]
+    if torchrun:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}", "--max-restarts=1"]
+    cmd = [*launcher, "-m", "mnist_ddp.train", *args, f"run.dir={run_dir}", "log.plots=false"]
+    return subprocess.run(cmd, cwd=REPO, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=timeout)
+
+
+def hashes(stdout: str) -> set[str]:
+    return {line.split()[-1] for line in stdout.splitlines() if line.startswith("parameter_hash ")}
+
+
+def weights_hash(run_dir: Path) -> str:
+    import torch
+
+    state = torch.load(run_dir / "model.pt", weights_only=True)["state_dict"]
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(state[name].contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def check(name: str):
+    """Run the decorated check now; record PASS/FAIL and a detail line, never stop the others."""
+
+    def run(fn):
+        started = time.monotonic()
+        try:
+            ok, detail = fn()
+        except Exception as e:  # a check that crashes is a FAIL with its reason, the rest still run
+            ok, detail = False, f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+        RESULTS.append((name, ok, detail))
+        print(f"{'PASS' if ok else 'FAIL'}  {name}  ({time.monotonic() - started:.0f} s) {detail}", flush=True)
+        return fn
+
+    return run
+
+
+def main() -> int:
+    tmp = Path(tempfile.mkdtemp(prefix="gpu_check_"))
+
+    @check("default config reaches 98% on CUDA")
+    def _():
+        r = train(tmp / "default", "train.device=cuda", *EXTRA)
+        acc = r.returncode == 0 and float(
+            next(ln for ln in r.stdout.splitlines() if ln.startswith("final")).split()[3][:-1]
+        )
+        return bool(acc) and acc >= 98.0, f"exit {r.returncode}, final {acc}%" if acc else r.stderr[-300:]
+
+    @check("graphs on and off, dropout 0: the same weights")
+    def _():
+        args = ["train.device=cuda", "model.dropout=0", "train.epochs=2", *EXTRA]
+        a, b = train(tmp / "eager0", *args), train(tmp / "graphs0", *args, "train.cuda_graphs=true")
+        if a.returncode or b.returncode:
+            return False, (a.stderr + b.stderr)[-300:]
+        return weights_hash(tmp / "eager0") == weights_hash(tmp / "graphs0"), "model.pt compared tensor by tensor"
+
+    for graphs in ("false", "true"):
+
+        @check(f"kill -9 and resume is bit-identical, cuda_graphs={graphs}")
+        def _(graphs=graphs):
+            args = [*SMALL, "train.device=cuda", f"train.cuda_graphs={graphs}"]
+            ref = train(tmp / f"ref-{graphs}", *args)
+            killed = train(tmp / f"kill-{graphs}", *args, env={"MNIST_DDP_TEST_FAULT": "kill:0:50"})
+            resumed = train(tmp / f"kill-{graphs}", *args)
+            ok = killed.returncode == -9 and resumed.returncode == 0 and hashes(resumed.stdout) == hashes(ref.stdout)
+            outcome = f"killed {killed.returncode}, resumed {resumed.returncode}"
+            return ok, f"{outcome}, {hashes(ref.stdout)} vs {hashes(resumed.stdout)}"
+
+    @check("a CPU snapshot resumes on the GPU, a GPU snapshot on the CPU")
+    def _():
+        details = []
+        for first, second in (("cpu", "cuda"), ("cuda", "cpu")):
+            run_dir = tmp / f"{first}-to-{second}"
+            killed = train(run_dir, *SMALL, f"train.device={first}", env={"MNIST_DDP_TEST_FAULT": "kill:0:50"})
+            resumed = train(run_dir, *SMALL, f"train.device={second}")
+            warned = f"snapshot saved on {first}, resuming on {second}" in resumed.stdout
+            details.append((killed.returncode == -9 and resumed.returncode == 0 and warned, resumed.stderr[-200:]))
+        return all(ok for ok, _ in details), "; ".join(
+            d for ok, d in details if not ok
+        ) or "both ways, with the warning"
+
+    @check("two gloo ranks with CUDA tensors on one GPU, one killed and restarted by torchrun")
+    def _():
+        args = [*SMALL, "train.device=cuda", "dist.backend=gloo"]
+        ref = train(tmp / "gloo-ref", *args, torchrun=2)
+        killed = train(tmp / "gloo-kill", *args, torchrun=2, env={"MNIST_DDP_TEST_FAULT": "kill:1:50"})
+        ok = ref.returncode == 0 and killed.returncode == 0 and len(hashes(ref.stdout)) == 1
+        return ok and hashes(ref.stdout) == hashes(killed.stdout), (ref.stderr + killed.stderr)[-300:] if not ok else ""
+
+    @check("a one-rank NCCL group runs every collective helper")
+    def _():
+        code = (REPO / "benchmarks" / "nccl_helpers.py").read_text()
+        r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+        return r.returncode == 0 and "all helpers ok" in r.stdout, (r.stdout + r.stderr)[-300:]
+
+    print("\ntimings (benchmarks/gpu.sh, FULL=1):", flush=True)
+    subprocess.run(["bash", str(REPO / "benchmarks" / "gpu.sh"), *EXTRA], cwd=REPO, env={**ENV, "FULL": "1"})
+    failed = [name for name, ok, _ in RESULTS if not ok]
+    print(f"\n{len(RESULTS) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""One training step: a batch of this rank's indices in; gradients, an optimizer step and a
+schedule step; the batch's mean loss recorded in the epoch's loss buffer and the NaN guard.
+
+Eagerly, the gradients may come from train.accumulate_steps micro-batches, DDP syncing during
+the last one only. With train.cuda_graphs=true every full batch replays one CUDA graph holding
+the whole step (:class:`mnist_ddp.cuda_graphs.GraphedStep`); a short last batch runs eagerly.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mnist_ddp import fault_injection
+from mnist_ddp.config import TrainConfig
+from mnist_ddp.cuda_graphs import GraphedStep
+from mnist_ddp.data import Splits, normalize_pixels, shift_images
+from mnist_ddp.errors import InputError
+from mnist_ddp.guard import StopGuard
+
+GRAPH_SCHEDULES = ("none", "linear")  # schedules that only change the learning rate, from the host
+
+
+def check_step_options(tc: TrainConfig, per_rank_batch: int, device: torch.device, world_size: int) -> None:
+    """Gradient accumulation and CUDA graphs each need a setting they can work with."""
+    if per_rank_batch % tc.accumulate_steps:
+        raise InputError(
+            f"train.accumulate_steps={tc.accumulate_steps} does not split the {per_rank_batch} images per rank"
+            " per step evenly; use a divisor of train.batch_size / ranks"
+        )
+    if tc.cuda_graphs and (device.type != "cuda" or world_size > 1 or tc.accumulate_steps > 1):
+        raise InputError(
+            "train.cuda_graphs=true needs one CUDA rank and train.accumulate_steps=1"
+            f" (here: {world_size} rank(s) on {device.type}, accumulate_steps={tc.accumulate_steps});"
+            " set train.cuda_graphs=false"
+        )
+    if tc.cuda_graphs and tc.schedule not in GRAPH_SCHEDULES:
+        # onecycle also cycles momentum, cosine reads the rate back from the device: neither can
+        # feed a captured step without a host sync.
+        raise InputError(
+            f"train.cuda_graphs=true works with train.schedule={' or '.join(GRAPH_SCHEDULES)}, not"
+            f" {tc.schedule}; choose one of them or set train.cuda_graphs=false"
+        )
+
+
+class TrainStep:
+    """The step as the training loop calls it, eager or replayed from a CUDA graph."""
+
+    def __init__(
+        self,
+        tc: TrainConfig,
+        data: Splits,
+        model: nn.Module,
+        ddp_model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        schedule: Any,
+        guard: StopGuard,
+        batch_size: int,
+        fault: fault_injection.Fault | None,
+    ) -> None:
+        self.tc, self.data, self.model, self.ddp_model = tc, data, model, ddp_model
+        self.optimizer, self.schedule, self.guard = optimizer, schedule, guard
+        self.batch_size, self.fault = batch_size, fault
+        self.forward = torch.compile(ddp_model) if tc.compile else ddp_model
+        device_type = data.train_images.device.type
+        self.autocast = torch.autocast(device_type, dtype=torch.bfloat16) if tc.bf16 else nullcontext()
+        self.graph: GraphedStep | None = None
+
+    def capture(self, step_losses: torch.Tensor, shard_len: int) -> None:
+        """Capture the whole step as one CUDA graph (train.cuda_graphs=true); nothing trains meanwhile."""
+        counters = [self.guard.first_bad, self.guard.step]
+        self.graph = GraphedStep(
+            self.step_body, self.batch_size, shard_len, step_losses, self.model, self.optimizer, counters
+        )
+
+    def start_epoch(self, shard: torch.Tensor, first_step: int) -> None:
+        """Give the graph this epoch's order and the step it starts from."""
+        if self.graph is not None:
+            self.graph.start_epoch(shard, first_step)
+
+    def __call__(self, batch: torch.Tensor, global_step: int, step_losses: torch.Tensor, position: int) -> None:
+        """One step on ``batch``; its loss goes to ``step_losses[position]`` and the guard (the graph
+        knows both from its own counters, set by :meth:`start_epoch`)."""
+        if self.graph is not None and len(batch) == self.batch_size:
+            fault_injection.inject(self.fault, global_step, None)  # a crash or kill -9; no NaN in a graph
+            self.graph.replay()
+        else:
+            # With CUDA graphs the .grad tensors belong to the graph: zero them, keep them.
+            self.optimizer.zero_grad(set_to_none=self.graph is None)
+            loss = self.loss_and_grads(batch, global_step)
+            self.optimizer.step()
+            step_losses[position] = loss
+            self.guard.record(loss)
+        if self.schedule is not None:
+            self.schedule.step()
+
+    def step_body(self, indices: torch.Tensor) -> torch.Tensor:
+        """What the graph holds: zero the gradients, forward, backward, optimizer step; the mean loss."""
+        self.optimizer.zero_grad(set_to_none=False)
+        loss = self.batch_loss(indices)
+        loss.backward()
+        self.optimizer.step()
+        loss = loss.detach()
+        self.guard.record(loss)
+        return loss
+
+    def batch_loss(self, batch: torch.Tensor) -> torch.Tensor:
+        """Mean loss over the images at indices ``batch`` (shifted when train.augment_shift > 0)."""
+        images = normalize_pixels(self.data.train_images[batch])
+        if self.tc.augment_shift:
+            images = shift_images(images, self.tc.augment_shift)
+        with self.autocast:
+            logits = self.forward(images).float()
+        return F.cross_entropy(logits, self.data.train_labels[batch], label_smoothing=self.tc.label_smoothing)
+
+    def loss_and_grads(self, batch: torch.Tensor, global_step: int) -> torch.Tensor:
+        """Gradients of the batch's mean loss into .grad, from accumulate_steps micro-batches.
+
+        DDP all-reduces the gradients during the last micro-batch's backward only (no_sync).
+        """
+        accumulate = self.tc.accumulate_steps
+        parts = batch.split(len(batch) // accumulate if len(batch) >= accumulate else 1)
+        total = torch.zeros((), device=batch.device)
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            with nullcontext() if last or self.ddp_model is self.model else self.ddp_model.no_sync():
+                loss = self.batch_loss(part) * (len(part) / len(batch))
+                loss = fault_injection.inject(self.fault, global_step, loss)
+                loss.backward()  # DDP averages the gradients across ranks here (last micro-batch)
+            total += loss.detach()
+        return total

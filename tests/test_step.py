@@ -1,0 +1,34 @@
+"""The training step's options: what gradient accumulation and CUDA graphs need of the config."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mnist_ddp.config import TrainConfig
+from mnist_ddp.errors import InputError
+from mnist_ddp.step import check_step_options
+
+CUDA = torch.device("cuda", 0)  # only compared, never used: no GPU is needed here
+
+
+def test_graphs_with_a_schedule_that_changes_more_than_the_rate_are_refused():
+    for schedule in ("onecycle", "cosine"):
+        with pytest.raises(InputError, match=f"works with train\\.schedule=none or linear, not {schedule}"):
+            check_step_options(TrainConfig(cuda_graphs=True, schedule=schedule), 512, CUDA, 1)
+    check_step_options(TrainConfig(cuda_graphs=True, schedule="linear"), 512, CUDA, 1)
+    check_step_options(TrainConfig(cuda_graphs=True, schedule="none", optimizer="sgd"), 100, CUDA, 1)
+
+
+@pytest.mark.parametrize(
+    "device, world_size, accumulate",
+    [(torch.device("cpu"), 1, 1), (CUDA, 2, 1), (CUDA, 1, 2)],
+)
+def test_graphs_need_one_cuda_rank_without_accumulation(device, world_size, accumulate):
+    with pytest.raises(InputError, match=r"train\.cuda_graphs=true needs one CUDA rank and train\.accumulate_steps=1"):
+        check_step_options(TrainConfig(cuda_graphs=True, accumulate_steps=accumulate), 512, device, world_size)
+
+
+def test_accumulation_must_split_the_batch():
+    with pytest.raises(InputError, match=r"train\.accumulate_steps=3 does not split the 512 images per rank"):
+        check_step_options(TrainConfig(accumulate_steps=3), 512, torch.device("cpu"), 1)
