@@ -29,6 +29,9 @@ os.environ["WANDB_MODE"] = "disabled"
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
+# The digits run that the fault-tolerance and multi-node tests interrupt, resume and compare:
+# long enough to stop mid-run, with a snapshot every 20 steps (23 a epoch).
+SMOKE_30 = ["--config", str(CONFIGS / "smoke.yaml"), "train.epochs=30", "checkpoint.every_steps=20"]
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
@@ -62,6 +65,24 @@ def run_module(module: str, *args: str, cwd: Path, timeout: float = 300, env: di
         text=True,
         timeout=timeout,
     )
+
+
+@pytest.fixture(scope="session")
+def two_rank_hash(tmp_path_factory) -> str:
+    """The final parameter hash of SMOKE_30 on 2 ranks under torchrun --standalone, uninterrupted."""
+    folder = tmp_path_factory.mktemp("two-rank-reference")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "mnist_ddp.train"]
+    result = subprocess.run(
+        [*cmd, *SMOKE_30, f"run.dir={folder / 'run'}"],
+        cwd=folder,
+        env={**os.environ, "MNIST_DDP_TEST_PRINT_HASH": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (digest,) = {line.split()[-1] for line in result.stdout.splitlines() if line.startswith("parameter_hash ")}
+    return digest
 
 
 @dataclass

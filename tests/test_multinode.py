@@ -16,14 +16,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CONFIGS, REPO
+from conftest import REPO, SMOKE_30
 from slurm_jobs import final_hashes, job_fields, wait_for_end, wait_for_text
 
 from mnist_ddp.fault_injection import PRINT_HASH_ENV
 
 HOSTS = REPO / "tests" / "slurm" / "two_hosts.sh"
-# The digits run, long enough to lose a node or preempt it between its first snapshot and its end.
-ARGS = ["--config", str(CONFIGS / "smoke.yaml"), "train.epochs=30", "checkpoint.every_steps=20"]
+ARGS = SMOKE_30  # long enough to lose a node or preempt it between its first snapshot and its end
 TOOLS = ("ip", "nsenter", "unshare", "taskset", "mount")
 
 
@@ -78,24 +77,6 @@ def on_host(hosts: dict[str, str], name: str, command: list[str], log: Path, **e
         )
 
 
-@pytest.fixture(scope="module")
-def one_host_hash(tmp_path_factory) -> str:
-    """The reference: the same 2 ranks (same global ranks and batch) under torchrun --standalone."""
-    folder = tmp_path_factory.mktemp("one-host")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "mnist_ddp.train"]
-    result = subprocess.run(
-        [*cmd, *ARGS, f"run.dir={folder / 'run'}"],
-        cwd=folder,
-        env={**os.environ, PRINT_HASH_ENV: "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    (digest,) = final_hashes(result.stdout)
-    return digest
-
-
 def node_sh(hosts, tmp_path: Path, rdzv: str, extra: list[str], **env: str) -> list[tuple[int, str]]:
     """launch/node.sh on both hosts (1 rank each, rendezvous at ``rdzv``); each host's exit code and log."""
     settings = {"NNODES": "2", "NPROC": "1", "RDZV_ENDPOINT": rdzv, "RDZV_ID": tmp_path.name, **env}
@@ -108,10 +89,10 @@ def node_sh(hosts, tmp_path: Path, rdzv: str, extra: list[str], **env: str) -> l
     return results
 
 
-def test_torchrun_across_two_hosts_matches_one_host(hosts, one_host_hash, tmp_path):
+def test_torchrun_across_two_hosts_matches_one_host(hosts, two_rank_hash, tmp_path):
     results = node_sh(hosts, tmp_path, "node1:29400", [])
     assert [code for code, _ in results] == [0, 0], results[0][1][-2000:] + results[1][1][-2000:]
-    assert [final_hashes(log) for _, log in results] == [{one_host_hash}, {one_host_hash}]
+    assert [final_hashes(log) for _, log in results] == [{two_rank_hash}, {two_rank_hash}]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert (summary["world_size"], summary["epochs"], summary["threads_per_rank"]) == (2, 30, 1)
     assert sum("final test accuracy" in log for _, log in results) == 1  # one set of outputs, by rank 0
@@ -197,19 +178,19 @@ def submit(slurm2: dict[str, str], out_dir: Path) -> tuple[str, Path]:
     return job_id, out_dir / f"slurm-mnist_ddp-{job_id}.out"
 
 
-def test_sbatch_on_two_nodes_completes_and_matches_one_host(slurm2, one_host_hash, tmp_path):
+def test_sbatch_on_two_nodes_completes_and_matches_one_host(slurm2, two_rank_hash, tmp_path):
     job_id, log_path = submit(slurm2, tmp_path)
     fields = wait_for_end(slurm2, job_id)
     log = log_path.read_text(errors="replace")
     assert (fields["JobState"], fields["ExitCode"]) == ("COMPLETED", "0:0"), log[-3000:]
     assert fields["NodeList"] == "node[1-2]"
-    assert final_hashes(log) == {one_host_hash}
+    assert final_hashes(log) == {two_rank_hash}
     summary = json.loads((tmp_path / "runs" / f"slurm-{job_id}" / "summary.json").read_text())
     # One CPU per task from SLURM: one thread per rank, with no train.threads given.
     assert (summary["world_size"], summary["threads_per_rank"]) == (2, 1)
 
 
-def test_a_node_lost_mid_run_is_requeued_and_resumes_to_the_same_weights(slurm2, one_host_hash, tmp_path):
+def test_a_node_lost_mid_run_is_requeued_and_resumes_to_the_same_weights(slurm2, two_rank_hash, tmp_path):
     job_id, log_path = submit(slurm2, tmp_path)
     latest = tmp_path / "runs" / f"slurm-{job_id}" / "checkpoints" / "latest"
     deadline = time.monotonic() + 120
@@ -228,10 +209,10 @@ def test_a_node_lost_mid_run_is_requeued_and_resumes_to_the_same_weights(slurm2,
     log = log_path.read_text(errors="replace")
     assert (fields["JobState"], fields["ExitCode"]) == ("COMPLETED", "0:0"), log[-3000:]
     assert f"job {job_id} (restart 1)" in log and "resuming from" in log
-    assert final_hashes(log.split(f"job {job_id} (restart 1)")[1]) == {one_host_hash}
+    assert final_hashes(log.split(f"job {job_id} (restart 1)")[1]) == {two_rank_hash}
 
 
-def test_preempting_a_two_node_job_stops_both_hosts_at_one_step(slurm2, one_host_hash, tmp_path):
+def test_preempting_a_two_node_job_stops_both_hosts_at_one_step(slurm2, two_rank_hash, tmp_path):
     job_id, log_path = submit(slurm2, tmp_path)
     wait_for_text(log_path, "epoch  2/30")
     signal = subprocess.run(["scancel", "--signal=USR1", "--full", job_id], env=slurm2, capture_output=True, text=True)
@@ -243,4 +224,4 @@ def test_preempting_a_two_node_job_stops_both_hosts_at_one_step(slurm2, one_host
     stops = sorted(line for line in log.splitlines() if ": stopping at global step " in line)
     step = stops[0].rsplit(" ", 1)[1]
     assert stops == [f"rank 0: stopping at global step {step}", f"rank 1: stopping at global step {step}"]
-    assert final_hashes(log) == {one_host_hash}
+    assert final_hashes(log) == {two_rank_hash}

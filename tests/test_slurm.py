@@ -10,13 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CONFIGS, REPO
+from conftest import REPO, SMOKE_30
 from slurm_jobs import final_hashes, wait_for_end, wait_for_text
 
 from mnist_ddp.fault_injection import PRINT_HASH_ENV
 
 CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
-OVERRIDES = ["--config", str(CONFIGS / "smoke.yaml"), "train.epochs=30", "checkpoint.every_steps=20"]
+OVERRIDES = SMOKE_30
 
 
 def why_no_slurm() -> str | None:
@@ -86,7 +86,7 @@ def uninterrupted(slurm, tmp_path_factory) -> dict:
     return {"id": job_id, "fields": fields, "log": log, "run_dir": out_dir / "runs" / f"slurm-{job_id}"}
 
 
-def test_sbatch_runs_the_job_to_completion(uninterrupted):
+def test_sbatch_runs_the_job_to_completion(uninterrupted, two_rank_hash):
     fields, log = uninterrupted["fields"], uninterrupted["log"]
     assert fields["JobState"] == "COMPLETED", log[-3000:]
     assert fields["ExitCode"] == "0:0"
@@ -94,7 +94,7 @@ def test_sbatch_runs_the_job_to_completion(uninterrupted):
     summary = json.loads((uninterrupted["run_dir"] / "summary.json").read_text())
     assert (summary["world_size"], summary["backend"], summary["epochs"]) == (2, "gloo", 30)
     assert summary["test_examples"] == 360 and summary["test_accuracy"] > 0.9
-    assert len(final_hashes(log)) == 1
+    assert final_hashes(log) == {two_rank_hash}  # as 2 ranks under torchrun --standalone
 
 
 def test_preempted_job_is_requeued_resumes_and_matches(slurm, uninterrupted, tmp_path):
