@@ -67,6 +67,15 @@ def run_module(module: str, *args: str, cwd: Path, timeout: float = 300, env: di
     )
 
 
+def require(problem: str | None, what: str) -> None:
+    """Skip the test when ``problem`` says it cannot run here; in CI (CI=true) fail instead."""
+    if problem is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{what} must run in CI: {problem}")
+    pytest.skip(problem)
+
+
 @pytest.fixture(scope="session")
 def two_rank_hash(tmp_path_factory) -> str:
     """The final parameter hash of SMOKE_30 on 2 ranks under torchrun --standalone, uninterrupted."""

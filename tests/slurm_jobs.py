@@ -1,7 +1,10 @@
-"""Following a SLURM job from a test: its fields, its end, a line in its log, its parameter hashes."""
+"""SLURM in the tests: whether it can run here, and following a job: its fields, its end, a line
+in its log, its parameter hashes."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -38,3 +41,16 @@ def wait_for_text(path: Path, text: str, timeout: float = 120) -> None:
 
 def final_hashes(log: str) -> set[str]:
     return {line.split()[-1] for line in log.splitlines() if line.startswith("parameter_hash ")}
+
+
+def why_no_slurm() -> str | None:
+    if os.geteuid() != 0:
+        return "the SLURM tests start munged, slurmctld and slurmd, which needs root"
+    missing = [
+        b
+        for b in ("munged", "slurmctld", "slurmd", "sbatch")
+        if shutil.which(b) is None and not Path(f"/usr/sbin/{b}").exists()
+    ]
+    if missing:
+        return f"SLURM is not installed ({', '.join(missing)} missing): run tests/slurm/cluster.sh install as root"
+    return None

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SMOKE_30
-from slurm_jobs import final_hashes, job_fields, wait_for_end, wait_for_text
+from conftest import REPO, SMOKE_30, require
+from slurm_jobs import final_hashes, job_fields, wait_for_end, wait_for_text, why_no_slurm
 
 from mnist_ddp.fault_injection import PRINT_HASH_ENV
 
@@ -35,25 +35,19 @@ def why_no_hosts() -> str | None:
 
 def leftovers() -> list[str]:
     """Namespaces, interfaces and daemons of the two hosts that still exist."""
-    found = [
-        n for n in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split() if "mddp" in n
-    ]
-    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
-    found += [word.rstrip(":").split("@")[0] for word in links.split() if word.startswith("mddp-")]
-    found += [
-        d for d in ("slurmctld", "slurmd") if subprocess.run(["pgrep", "-x", d], capture_output=True).returncode == 0
-    ]
-    return found
+
+    def output(*cmd: str) -> str:
+        return subprocess.run(cmd, capture_output=True, text=True).stdout
+
+    found = [n for n in output("ip", "netns", "list").split() if n.startswith("mddp-")]
+    found += [w.rstrip(":").split("@")[0] for w in output("ip", "-o", "link", "show").split() if w.startswith("mddp-")]
+    return found + [d for d in ("slurmctld", "slurmd") if output("pgrep", "-x", d)]
 
 
 @pytest.fixture(scope="module")
 def hosts(tmp_path_factory) -> dict[str, str]:
     """node1 and node2, up for the module and gone after it (also when a test fails)."""
-    problem = why_no_hosts()
-    if problem:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"the multi-node tests must run in CI: {problem}")
-        pytest.skip(problem)
+    require(why_no_hosts(), "the multi-node tests")
     env = {**os.environ, "MNIST_DDP_HOSTS_DIR": str(tmp_path_factory.mktemp("hosts"))}
     subprocess.run([str(HOSTS), "down"], env=env, capture_output=True, timeout=60)  # a crashed run's leftovers
     up = subprocess.run([str(HOSTS), "up"], env=env, capture_output=True, text=True, timeout=60)
@@ -149,10 +143,7 @@ def test_a_host_name_that_resolves_to_loopback_is_one_line_not_a_hang(hosts, tmp
 @pytest.fixture(scope="module")
 def slurm2(hosts) -> dict[str, str]:
     """slurmctld here, one slurmd in each host; the client commands' environment."""
-    if shutil.which("slurmd") is None and not Path("/usr/sbin/slurmd").exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail("the two-node SLURM tests must run in CI: run tests/slurm/cluster.sh install as root")
-        pytest.skip("SLURM is not installed: run tests/slurm/cluster.sh install as root")
+    require(why_no_slurm(), "the two-node SLURM tests")
     up = subprocess.run([str(HOSTS), "slurm-up"], env=hosts, capture_output=True, text=True, timeout=120)
     assert up.returncode == 0, up.stderr
     return {**hosts, "SLURM_CONF": str(Path(hosts["MNIST_DDP_HOSTS_DIR"]) / "slurm.conf")}

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SMOKE_30
-from slurm_jobs import final_hashes, wait_for_end, wait_for_text
+from conftest import REPO, SMOKE_30, require
+from slurm_jobs import final_hashes, wait_for_end, wait_for_text, why_no_slurm
 
 from mnist_ddp.fault_injection import PRINT_HASH_ENV
 
@@ -19,27 +18,10 @@ CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
 OVERRIDES = SMOKE_30
 
 
-def why_no_slurm() -> str | None:
-    if os.geteuid() != 0:
-        return "the SLURM tests start munged, slurmctld and slurmd, which needs root"
-    missing = [
-        b
-        for b in ("munged", "slurmctld", "slurmd", "sbatch")
-        if shutil.which(b) is None and not Path(f"/usr/sbin/{b}").exists()
-    ]
-    if missing:
-        return f"SLURM is not installed ({', '.join(missing)} missing): run tests/slurm/cluster.sh install as root"
-    return None
-
-
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory) -> dict[str, str]:
     """A running one-node cluster; yields the environment its client commands need."""
-    problem = why_no_slurm()
-    if problem:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"the SLURM tests must run in CI: {problem}")
-        pytest.skip(problem)
+    require(why_no_slurm(), "the SLURM tests")
     state = tmp_path_factory.mktemp("slurm-state")
     env = {**os.environ, "MNIST_DDP_SLURM_DIR": str(state)}
     up = subprocess.run([str(CLUSTER), "up"], env=env, capture_output=True, text=True, timeout=120)

@@ -6,6 +6,7 @@
 #            munged, slurmctld and slurmd without systemd, and wait until the node is idle
 #   down     stop the daemons by their pid files
 #   munge    start munged (with a key) if it is not running; `up` does this first
+#   common-conf  print the slurm.conf settings every test cluster shares
 #
 # Needs root. Prints `export SLURM_CONF=...` last on `up`: the client commands need it.
 set -euo pipefail
@@ -40,18 +41,9 @@ munge_up() {
     fi
 }
 
-up() {
-    if pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null; then
-        echo "cluster.sh: slurmctld or slurmd is already running; stop it first (cluster.sh down)" >&2
-        return 1
-    fi
-    mkdir -p "$dir/state" "$dir/spool" "$dir/log"
-    munge_up
-    local node
-    node=$(slurmd -C | head -n1)
-    cat >"$conf" <<CONF
-ClusterName=mnistddp
-SlurmctldHost=$(hostname -s)
+common_conf() {
+    # The settings every test cluster shares (tests/slurm/two_hosts.sh uses them too).
+    cat <<'CONF'
 SlurmUser=root
 AuthType=auth/munge
 # A requeued job may start again only after the credential lifetime (default 120 s); keep tests quick.
@@ -70,6 +62,22 @@ MpiDefault=none
 JobRequeue=1
 # A requeued job waits for the next scheduling pass (every 30 or 60 s by default): every 1-2 s here.
 SchedulerParameters=bf_interval=1,sched_interval=2
+CONF
+}
+
+up() {
+    if pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null; then
+        echo "cluster.sh: slurmctld or slurmd is already running; stop it first (cluster.sh down)" >&2
+        return 1
+    fi
+    mkdir -p "$dir/state" "$dir/spool" "$dir/log"
+    munge_up
+    local node
+    node=$(slurmd -C | head -n1)
+    cat >"$conf" <<CONF
+ClusterName=mnistddp
+SlurmctldHost=$(hostname -s)
+$(common_conf)
 StateSaveLocation=$dir/state
 SlurmdSpoolDir=$dir/spool
 SlurmctldPidFile=$dir/slurmctld.pid
@@ -109,7 +117,8 @@ down() {
 case "${1:-}" in
     install) install ;;
     munge) munge_up ;;
+    common-conf) common_conf ;;
     up) up ;;
     down) down ;;
-    *) echo "usage: $0 install|munge|up|down" >&2; exit 2 ;;
+    *) echo "usage: $0 install|munge|common-conf|up|down" >&2; exit 2 ;;
 esac

@@ -74,23 +74,7 @@ slurm_up() {
     cat >"$conf" <<CONF
 ClusterName=mnistddp2
 SlurmctldHost=$controller($subnet.1)
-SlurmUser=root
-AuthType=auth/munge
-# A requeued job may start again only after the credential lifetime (default 120 s).
-AuthInfo=cred_expire=5
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-AccountingStorageType=accounting_storage/none
-JobAcctGatherType=jobacct_gather/none
-EnforcePartLimits=ALL
-# A node that comes back after a power cut returns to service by itself.
-ReturnToService=2
-MpiDefault=none
-JobRequeue=1
-# A requeued job waits for the next scheduling pass (every 30 or 60 s by default): every 1-2 s here.
-SchedulerParameters=bf_interval=1,sched_interval=2
+$("$(dirname "$0")/cluster.sh" common-conf)
 # A lost node is noticed within seconds, not the default 5 minutes.
 SlurmdTimeout=5
 MessageTimeout=5
