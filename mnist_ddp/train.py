@@ -4,8 +4,9 @@ The same code runs as one process and under ``torchrun`` (or ``srun``). :class:`
 one rank's run: it is built from the config (data on the device, the model, wrapped in DDP
 when there are several ranks, optimizer, schedule, and the snapshot to resume from), then
 :meth:`Trainer.train_epochs` runs the algorithm: for each epoch, take this rank's shard of a
-fresh shuffle, step through it in batches, then end the epoch (training loss over ranks, exact
-evaluation, record, agree, snapshot). Rank 0 alone prints and writes.
+fresh shuffle, step through it in batches (:class:`mnist_ddp.step.TrainStep`), then end the
+epoch (training loss over ranks, exact evaluation, agreement, record, snapshot; see
+:meth:`Trainer.end_epoch` for how often). Rank 0 alone prints and writes.
 """
 
 from __future__ import annotations

@@ -179,3 +179,21 @@ def test_a_resumed_run_rewrites_the_records_it_did_not_keep_then_appends(tmp_pat
     again = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in again] == [1, 2, 3]
     assert again[:2] == first[:2]
+
+
+def test_a_cpu_snapshot_resumes_exactly_under_another_device_setting(tmp_path):
+    # train.device=cpu, then auto (the CPU here): the device type matches, so the streams continue.
+    args = ["--config", str(CONFIGS / "smoke.yaml"), "train.epochs=3", "checkpoint.keep=10"]
+    env = {"MNIST_DDP_TEST_PRINT_HASH": "1"}
+    first = run_in_process("mnist_ddp.train", *args, "train.device=cpu", "run.dir=a", cwd=tmp_path, env=env)
+    snapshot = tmp_path / "a" / "checkpoints" / "step_0000046.pt"
+    second = run_in_process(
+        "mnist_ddp.train", *args, "train.device=auto", f"resume={snapshot}", "run.dir=b", cwd=tmp_path, env=env
+    )
+    assert first.returncode == second.returncode == 0, second.stderr
+    assert "resuming from" in second.stdout and "warning" not in second.stdout
+
+    def digest(out: str) -> str:
+        return next(line for line in out.splitlines() if line.startswith("parameter_hash")).split()[-1]
+
+    assert digest(second.stdout) == digest(first.stdout)
