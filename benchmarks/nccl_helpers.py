@@ -3,7 +3,8 @@
 One rank is all one GPU allows NCCL: the results are trivial sums, but every call goes through
 NCCL on CUDA tensors, as a multi-GPU job's do: all_reduce (sum, max), barrier, broadcast of an
 object, all_gather, failing together, exact evaluation, the guard's lagged and immediate checks,
-and a DDP step.
+the ranks' agreement (an object gather), and a DDP step through the comm hook that times the
+wait for gradients with CUDA events.
 """
 
 import socket
@@ -12,11 +13,12 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from mnist_ddp import distributed, guard
+from mnist_ddp import agreement, distributed, guard
 from mnist_ddp.config import DistConfig
 from mnist_ddp.errors import InputError
 from mnist_ddp.evaluation import evaluate_across_ranks
 from mnist_ddp.model import MLP
+from mnist_ddp.timing import RankClock
 
 with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
@@ -49,8 +51,15 @@ stop_guard.record(torch.tensor(float("nan"), device=device))
 assert stop_guard.lagged(10) == guard.Decision(False, None)
 assert stop_guard.lagged(20).first_bad_step == 0
 assert stop_guard.now(30).first_bad_step == 0
-ddp = distributed.wrap_ddp(model, device, DistConfig())
+assert agreement.check_ranks_agree({"train.lr": "0.1"}) == [socket.gethostname()]
+clock = RankClock(device, enabled=True)
+ddp = distributed.wrap_ddp(model, device, DistConfig(), clock)
+clock.loop_started()
 ddp(images.float()).sum().backward()
+clock.loop_ended()
+torch.cuda.synchronize()
+compute, gradient_wait, *_ = clock.take()
 assert all(p.grad is not None for p in model.parameters())
+assert compute >= 0 and gradient_wait > 0, (compute, gradient_wait)
 dist.destroy_process_group()
 print("all helpers ok")

@@ -6,7 +6,8 @@
 #   NNODES       nodes in the job            (default: $SLURM_NNODES, else 1)
 #   NPROC        processes on this node      (default: GPUs on this node, else 2)
 #   RDZV_ENDPOINT host:port of the rendezvous (default: first host of the SLURM job, port 29400)
-#   RDZV_ID      the job's id, the same on every node (default: $SLURM_JOB_ID, else "mnist_ddp")
+#   RDZV_ID      the job's id, the same on every node and different for every job sharing a
+#                rendezvous host (default: $SLURM_JOB_ID, else "mnist_ddp")
 #   MAX_RESTARTS times torchrun restarts the workers after a failure (default 3); they resume
 #                from the newest snapshot in run.dir
 #   RDZV_WAIT_SECONDS  how long a node waits for the rendezvous to open (default 120)
@@ -22,14 +23,20 @@ if [ -z "${RDZV_ENDPOINT:-}" ]; then
     fi
     RDZV_ENDPOINT="$head:29400"
 fi
+rdzv_id=${RDZV_ID:-${SLURM_JOB_ID:-mnist_ddp}}
 # The c10d rendezvous needs no etcd: the agent on the endpoint's host serves it. Every other
 # node waits here until it listens, saying so, and gives up with one line after RDZV_WAIT_SECONDS.
-"$python" -m mnist_ddp.rendezvous "$RDZV_ENDPOINT" "${RDZV_WAIT_SECONDS:-120}" || exit 2
+# Whatever listens there must then be a torchrun rendezvous that no other job uses: a foreign
+# service on the port, or another job's store, is one line here instead of a hang or a shared store.
+"$python" -m mnist_ddp.rendezvous "$RDZV_ENDPOINT" "${RDZV_WAIT_SECONDS:-120}" "$rdzv_id" || exit 2
+# The workers claim that store for this job (torchrun's agents use it all run long): a job
+# started later on the same port finds this job's id there and refuses.
+export MNIST_DDP_RDZV_ENDPOINT=$RDZV_ENDPOINT
 exec "$python" -m torch.distributed.run \
     --nnodes="$nnodes" \
     --nproc_per_node="$NPROC" \
     --rdzv_backend=c10d \
     --rdzv_endpoint="$RDZV_ENDPOINT" \
-    --rdzv_id="${RDZV_ID:-${SLURM_JOB_ID:-mnist_ddp}}" \
+    --rdzv_id="$rdzv_id" \
     --max-restarts="${MAX_RESTARTS:-3}" \
     -m mnist_ddp.train "$@"

@@ -9,7 +9,9 @@ One invocation on one machine measures, each in its own process:
   SGD lr 0.01, fp32, 50,000 training images);
 - mnist_ddp's default config in one process, timed from process start to 97.4% and 98.0%;
 - mnist_ddp under torchrun, 2 ranks x 1 thread (gloo), at the default global batch, plain and
-  with each DDP option.
+  with each DDP option; and the cost of the distributed diagnostics: plain (the default: liveness
+  watchdog, per-rank times, agreement at start) against ``no diagnostics``, alternating and
+  taking medians of ``DIAGNOSTICS_REPEATS`` runs each, and a run recording a profile.
 
 Every row shows samples/s, seconds per 60,000-image epoch, its fraction of the limit
 (samples/s over GFLOP/s / (6 x parameters)), and the peak resident memory of each process.
@@ -43,9 +45,15 @@ PARAMETERS = sum(i * o + o for i, o in itertools.pairwise(WIDTHS))
 FLOPS_PER_SAMPLE = 6 * PARAMETERS  # forward 2, backward 4 multiply-adds per weight
 EPOCH_IMAGES = 60_000
 
-# (row name, overrides) for the 2-rank rows, each at the default global batch.
+# (row name, overrides) for the 2-rank rows, each at the default global batch. The first two
+# run in alternation, DIAGNOSTICS_REPEATS times each: their ratio is a few percent at most,
+# less than what one run varies on a shared machine.
+NO_DIAGNOSTICS = ["dist.liveness_seconds=0", "log.rank_times=false"]
+DIAGNOSTICS_REPEATS = 3
 DDP_ROWS = [
     ("ddp 2x1 plain", []),
+    ("ddp 2x1 no diagnostics", NO_DIAGNOSTICS),
+    ("ddp 2x1 profile 20 steps", ["profile.steps=20"]),
     ("ddp 2x1 bucket 1 MB", ["dist.bucket_cap_mb=1"]),
     ("ddp 2x1 bf16 hook", ["dist.comm_hook=bf16"]),
     ("ddp 2x1 powersgd r2", ["dist.comm_hook=powersgd"]),
@@ -231,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     if not limit:
         return code
     annotate(rows, limit)
-    table = format_table(rows, limit)
+    table = "\n".join(filter(None, [format_table(rows, limit), diagnostics_cost(rows)]))
     say(table)
     atomic_write_json(args.out, {"limit": limit, "rows": rows, "table": table, "complete": code == 0})
     say(f"\nwrote {args.out}" + ("" if code == 0 else " (the rows that finished)"))
@@ -254,10 +262,29 @@ def measure(args: argparse.Namespace, limit: dict[str, Any], rows: list[dict[str
     ddp_epochs = ["train.epochs=2"] if args.quick else ["train.epochs=3"]
     with tempfile.TemporaryDirectory(prefix="mnist_ddp_bench_") as tmp:
         rows.append(train_row("mnist_ddp default", 1, [*epochs, *args.overrides], Path(tmp)))
-        for name, options in DDP_ROWS[:1] if args.quick else DDP_ROWS:
-            rows.append(train_row(name, 2, ["train.threads=1", *ddp_epochs, *options, *args.overrides], Path(tmp)))
-        if not args.quick:
-            rows.append(train_row("ddp 2x2 threads", 2, ["train.threads=2", *ddp_epochs, *args.overrides], Path(tmp)))
+        ddp = ["train.threads=1", *ddp_epochs, *args.overrides]
+        if args.quick:
+            rows.append(train_row(DDP_ROWS[0][0], 2, [*ddp, *DDP_ROWS[0][1]], Path(tmp)))
+            return
+        rows.extend(alternating(DDP_ROWS[:2], ddp, DIAGNOSTICS_REPEATS, Path(tmp)))
+        for name, options in DDP_ROWS[2:]:
+            rows.append(train_row(name, 2, [*ddp, *options], Path(tmp)))
+        rows.append(train_row("ddp 2x2 threads", 2, ["train.threads=2", *ddp_epochs, *args.overrides], Path(tmp)))
+
+
+def alternating(variants: list[tuple[str, list[str]]], common: list[str], repeats: int, folder: Path) -> list[dict]:
+    """Each 2-rank variant run ``repeats`` times, taking turns; each row holds its median run."""
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in variants}
+    for i in range(repeats):
+        for name, options in variants:
+            runs[name].append(train_row(name, 2, [*common, *options], folder / str(i)))
+    rows = []
+    for name, _ in variants:
+        ordered = sorted(runs[name], key=lambda r: r["samples_per_second"])
+        rows.append(
+            {**ordered[len(ordered) // 2], "runs_samples_per_second": [r["samples_per_second"] for r in runs[name]]}
+        )
+    return rows
 
 
 def annotate(rows: list[dict[str, Any]], limit: dict[str, Any]) -> None:
@@ -271,6 +298,19 @@ def annotate(rows: list[dict[str, Any]], limit: dict[str, Any]) -> None:
             r["times_floor"] = r["seconds_per_epoch"] / (EPOCH_IMAGES / limit_rate)
         if r["ranks"] > 1 and one is not None:
             r["vs_one_process"] = r["samples_per_second"] / one["samples_per_second"]
+
+
+def diagnostics_cost(rows: list[dict[str, Any]]) -> str:
+    """The line under the table: what the diagnostics on by default cost, from the alternating rows."""
+    on, off = (next((r for r in rows if r["name"] == n), None) for n, _ in DDP_ROWS[:2])
+    if on is None or off is None:
+        return ""
+    ratio = on["samples_per_second"] / off["samples_per_second"]
+    spread = ", ".join(f"{v:,.0f}" for v in on["runs_samples_per_second"] + off["runs_samples_per_second"])
+    return (
+        f"diagnostics on (plain) / off: {ratio:.3f} of samples/s, medians of {len(on['runs_samples_per_second'])}"
+        f" alternating runs each (plain then off: {spread})"
+    )
 
 
 if __name__ == "__main__":

@@ -89,6 +89,14 @@ class DistConfig:
     bucket_cap_mb: float = doc("DDP gradient bucket size in MB (one all_reduce per bucket)", 25.0)
     comm_hook: str = doc("DDP gradient compression: none | bf16 | fp16 | powersgd", "none")
     powersgd_rank: int = doc("PowerSGD's matrix approximation rank (comm_hook=powersgd)", 2)
+    liveness_seconds: float = doc(
+        "after the first epoch, a rank that makes no progress this long is named and every rank stops"
+        " (0: off; before then, and at the end, dist.timeout_seconds applies)",
+        30.0,
+    )
+    straggler_factor: float = doc(
+        "the epoch line names a rank whose compute time is this many times the other ranks' median (0: never)", 1.5
+    )
 
 
 @dataclass
@@ -116,7 +124,19 @@ class WandbConfig:
 class LogConfig:
     every_steps: int = doc("steps between per-step train loss and lr logs (wandb, progress bar)", 50)
     progress: bool = doc("a progress bar on rank 0 when stdout is a terminal", True)
-    plots: bool = doc("write learning-curve, confusion-matrix and sample PNGs to run.dir/plots", True)
+    plots: bool = doc("write learning-curve, confusion-matrix, sample and per-rank time PNGs to run.dir/plots", True)
+    rank_times: bool = doc(
+        "measure each rank's time per epoch: compute, waiting for gradients, agreement, evaluation, snapshots", True
+    )
+
+
+@dataclass
+class ProfileConfig:
+    steps: int = doc(
+        "training steps recorded by torch.profiler on every rank, one trace each in run.dir/profile (0: off)", 0
+    )
+    skip_steps: int = doc("steps after the start (or resume) before recording begins", 5)
+    top: int = doc("operations, by time, that the end of a profiled run prints", 15)
 
 
 @dataclass
@@ -135,6 +155,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
 
@@ -293,6 +314,21 @@ def validate(cfg: Config) -> None:
         (cfg.log.every_steps >= 1, "log.every_steps", cfg.log.every_steps, "at least 1"),
         (cfg.resume != "", "resume", cfg.resume, "auto, none or the path of a snapshot"),
         (0 < cfg.dist.timeout_seconds <= MAX_SECONDS, "dist.timeout_seconds", cfg.dist.timeout_seconds, IN_SECONDS),
+        (
+            0 <= cfg.dist.liveness_seconds <= MAX_SECONDS,
+            "dist.liveness_seconds",
+            cfg.dist.liveness_seconds,
+            f"0 (off) or at most {MAX_SECONDS} (a week)",
+        ),
+        (
+            cfg.dist.straggler_factor == 0 or cfg.dist.straggler_factor > 1,
+            "dist.straggler_factor",
+            cfg.dist.straggler_factor,
+            "0 (never) or greater than 1",
+        ),
+        (cfg.profile.steps >= 0, "profile.steps", cfg.profile.steps, "at least 0 (0: off)"),
+        (cfg.profile.skip_steps >= 0, "profile.skip_steps", cfg.profile.skip_steps, "at least 0"),
+        (cfg.profile.top >= 1, "profile.top", cfg.profile.top, "at least 1"),
         (
             0 < d.download_timeout_seconds <= MAX_SECONDS,
             "data.download_timeout_seconds",

@@ -12,14 +12,16 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from mnist_ddp import rendezvous
+from mnist_ddp import liveness, rendezvous
 from mnist_ddp.config import DistConfig
 from mnist_ddp.errors import InputError, PeerFailed, first_line
+from mnist_ddp.timing import RankClock
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class Launch:
     master_addr: str = "127.0.0.1"
     master_port: int = 29500
     local_world_size: int = 1  # the ranks torchrun started on this node (1 for each bare srun task)
+    hosts: tuple[str, ...] = ()  # every rank's host name, in rank order (known once the ranks agreed)
 
 
 def first_host(nodelist: str) -> str:
@@ -133,32 +136,86 @@ def choose_backend(requested: str, device: torch.device) -> str:
     return requested
 
 
-def init(launch: Launch, backend: str, device: torch.device, timeout_seconds: float) -> None:
-    """Join the process group (nothing to do for world size 1)."""
-    if launch.world_size == 1:
+def job_id(env: Mapping[str, str] = os.environ) -> str:
+    """This job's identity: torchrun's rendezvous id (``--rdzv_id``), else SLURM's job id, else ''."""
+    return env.get("TORCHELASTIC_RUN_ID") or env.get("SLURM_JOB_ID") or ""
+
+
+def connect_store(launch: Launch, timeout_seconds: float, host_it: bool = False) -> dist.TCPStore:
+    """A connection to the job's TCPStore (``host_it``: this process serves it, as rank 0 under srun does)."""
+    return dist.TCPStore(
+        launch.master_addr,
+        launch.master_port,
+        launch.world_size,
+        is_master=host_it,
+        timeout=timedelta(seconds=timeout_seconds),
+        wait_for_workers=False,
+    )
+
+
+def job_store(store: dist.Store) -> dist.PrefixStore:
+    """This job's and this attempt's keys in ``store``.
+
+    After an elastic restart the store can still hold the dead workers' addresses, and gloo would
+    dial them ("Connection refused"); a prefix per job and attempt keeps each apart.
+    """
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"mnist_ddp/{job_id() or 'job'}/attempt_{attempt}", store)
+
+
+def claim_store(store: dist.Store, address: str) -> None:
+    """Refuse a store that another job already uses: two jobs on one port would meet in one store,
+    and the second would die with the first. The first job's ranks write its id; later ones compare."""
+    job = job_id() or "-"
+    holder = store.compare_set(rendezvous.JOB_KEY, "", job).decode()
+    if holder != job:
+        raise InputError(
+            f"the store at {address} belongs to job {holder}, not to this job ({job}): two jobs share a port;"
+            " give each job its own (RDZV_ENDPOINT=HOST:<free port> for launch/node.sh, MASTER_PORT under srun)"
+        )
+
+
+def claim_rendezvous(timeout_seconds: float, env: Mapping[str, str] = os.environ) -> None:
+    """Claim the rendezvous store that launch/node.sh names (MNIST_DDP_RDZV_ENDPOINT) for this job.
+
+    torchrun's agents keep using that store for the whole run, while the workers get a store of
+    their own; so this is where a second job on the same port must find the first one's id
+    (launch/node.sh checks it before starting torchrun).
+    """
+    endpoint = env.get(rendezvous.ENDPOINT_ENV)
+    if not endpoint:
         return
-    timeout = timedelta(seconds=timeout_seconds)
+    host, port = rendezvous.parse_endpoint(endpoint)
+    try:
+        store = dist.TCPStore(host, port, is_master=False, timeout=timedelta(seconds=timeout_seconds))
+    except (RuntimeError, ValueError) as e:
+        raise InputError(
+            f"cannot reach the rendezvous store at {endpoint} ({type(e).__name__}: {first_line(e)});"
+            " check that its node's torchrun (launch/node.sh) still runs and is reachable from here",
+            rank_specific=True,
+        ) from None
+    claim_store(store, endpoint)
+
+
+def init(launch: Launch, backend: str, device: torch.device, timeout_seconds: float) -> dist.Store | None:
+    """Claim the job's stores and join the process group; this job's keys in the store (None for
+    one process, which needs no group but still claims launch/node.sh's rendezvous)."""
     # Under torchrun the agent hosts the store; otherwise (srun) rank 0 does.
     agent_hosts_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    timeout = timedelta(seconds=timeout_seconds)
     address = f"{launch.master_addr}:{launch.master_port}"
-    rendezvous.check_reachable_hostname(backend)
     try:
-        store = dist.TCPStore(
-            launch.master_addr,
-            launch.master_port,
-            launch.world_size,
-            is_master=launch.rank == 0 and not agent_hosts_store,
-            timeout=timeout,
-            wait_for_workers=False,
-        )
-        # After an elastic restart the store can still hold the dead workers' addresses, and gloo
-        # would dial them ("Connection refused"); a key prefix per attempt keeps each attempt apart.
-        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-        attempt_store = dist.PrefixStore(f"mnist_ddp/attempt_{attempt}", store)
-        rendezvous.join(attempt_store, launch.rank, launch.world_size, address, timeout_seconds)
+        claim_rendezvous(min(timeout_seconds, 30))
+        if launch.world_size == 1:
+            return None
+        rendezvous.check_reachable_hostname(backend)
+        store = connect_store(launch, timeout_seconds, host_it=launch.rank == 0 and not agent_hosts_store)
+        claim_store(store, address)
+        keys = job_store(store)
+        rendezvous.join(keys, launch.rank, launch.world_size, address, timeout_seconds)
         dist.init_process_group(
             backend=backend,
-            store=attempt_store,
+            store=keys,
             rank=launch.rank,
             world_size=launch.world_size,
             timeout=timeout,
@@ -171,6 +228,7 @@ def init(launch: Launch, backend: str, device: torch.device, timeout_seconds: fl
             f" node can reach and that all {launch.world_size} ranks start (dist.timeout_seconds={timeout_seconds:g})",
             rank_specific=True,
         ) from None
+    return keys
 
 
 def is_peer_loss(e: BaseException) -> bool:
@@ -200,20 +258,23 @@ def threads_per_rank(configured: int, default: int, env: Mapping[str, str] = os.
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum ``tensor`` over all ranks in place (unchanged for world size 1)."""
     if dist.is_initialized():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        with liveness.waiting():
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 
 
 def barrier() -> None:
     """Wait for every rank (nothing to wait for with world size 1)."""
     if dist.is_initialized():
-        dist.barrier()
+        with liveness.waiting():
+            dist.barrier()
 
 
 def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
     """Elementwise maximum of ``tensor`` over all ranks, in place (unchanged for world size 1)."""
     if dist.is_initialized():
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        with liveness.waiting():
+            dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return tensor
 
 
@@ -222,7 +283,8 @@ def broadcast_from_rank0(obj: object) -> object:
     if not dist.is_initialized():
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    with liveness.waiting("rank 0"):
+        dist.broadcast_object_list(box, src=0)
     return box[0]
 
 
@@ -231,7 +293,8 @@ def all_gather_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:
     if not dist.is_initialized():
         return [tensor]
     parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, tensor)
+    with liveness.waiting():
+        dist.all_gather(parts, tensor)
     return parts
 
 
@@ -308,7 +371,7 @@ def cast_hook(dtype: torch.dtype):
     return hook
 
 
-def wrap_ddp(model: torch.nn.Module, device: torch.device, cfg: DistConfig) -> torch.nn.Module:
+def wrap_ddp(model: torch.nn.Module, device: torch.device, cfg: DistConfig, clock: RankClock) -> torch.nn.Module:
     """``model`` under DistributedDataParallel with the configured buckets and comm hook; itself for world size 1."""
     if not dist.is_initialized():
         return model
@@ -316,23 +379,60 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device, cfg: DistConfig) -> t
     ddp_model = DistributedDataParallel(
         model, device_ids=device_ids, gradient_as_bucket_view=True, bucket_cap_mb=cfg.bucket_cap_mb
     )
-    register_comm_hook(ddp_model, cfg.comm_hook, cfg.powersgd_rank)
+    state, hook = comm_hook(cfg.comm_hook, cfg.powersgd_rank)
+    if clock.enabled or liveness.active is not None:
+        state, hook = None, observed(state, hook, clock)
+    if hook is not None:
+        ddp_model.register_comm_hook(state, hook)
     return ddp_model
 
 
-def register_comm_hook(ddp_model: DistributedDataParallel, hook: str, powersgd_rank: int) -> None:
-    """Compress DDP's gradient all_reduce: bf16/fp16 halve the bytes sent, PowerSGD sends low-rank factors.
+def comm_hook(name: str, powersgd_rank: int) -> tuple[Any, Any]:
+    """(state, hook) for dist.comm_hook: bf16/fp16 halve the bytes sent, PowerSGD sends low-rank
+    factors; (None, None) keeps DDP's own all-reduce.
 
     PowerSGD keeps error-feedback state that snapshots do not hold, so a resumed run is close to,
     not bit-identical with, an uninterrupted one.
     """
-    if hook in ("bf16", "fp16"):
-        ddp_model.register_comm_hook(None, cast_hook(torch.bfloat16 if hook == "bf16" else torch.float16))
-    elif hook == "powersgd":
+    if name in ("bf16", "fp16"):
+        return None, cast_hook(torch.bfloat16 if name == "bf16" else torch.float16)
+    if name == "powersgd":
         from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook  # only when used
 
         # Plain all_reduce for the first steps, as the PowerSGD paper recommends.
         state = powerSGD_hook.PowerSGDState(
             process_group=None, matrix_approximation_rank=powersgd_rank, start_powerSGD_iter=10
         )
-        ddp_model.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
+        return state, powerSGD_hook.powerSGD_hook
+    return None, None
+
+
+def observed(inner_state: Any, inner_hook: Any, clock: RankClock):
+    """A comm hook around ``inner_hook`` (DDP's plain all-reduce when None) that times this rank's
+    wait for the others' gradients and marks it for the liveness watchdog.
+
+    The wait runs from the moment the last bucket is handed over (this rank's backward is done)
+    until its all-reduce completes. The plain all-reduce here computes what DDP's built-in one
+    does (divide, then sum), bit for bit.
+    """
+    if inner_hook is None:
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+        inner_hook = allreduce_hook
+
+    def hook(state, bucket):  # no annotations: DDP checks them against its own classes
+        if not bucket.is_last():
+            return inner_hook(inner_state, bucket)
+        liveness.wait_started("gradients")
+        ready = clock.now() if clock.enabled else None
+        future = inner_hook(inner_state, bucket)
+
+        def reduced(done: torch.futures.Future) -> torch.Tensor:
+            if ready is not None:
+                clock.gradients_reduced(ready)
+            liveness.wait_ended()
+            return done.value()
+
+        return future.then(reduced)
+
+    return hook

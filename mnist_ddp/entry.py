@@ -15,11 +15,12 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from mnist_ddp import distributed
+from mnist_ddp import agreement, distributed, liveness
 from mnist_ddp.config import Config
 from mnist_ddp.console import say
 from mnist_ddp.errors import EXIT_CRASH, EXIT_INTERRUPTED, JobError, first_line
@@ -59,7 +60,8 @@ def run_command(
     body: Callable[[Config, distributed.Launch, torch.device, str], object],
     command: str = "train",
 ) -> int:
-    """Parse the config, join the process group, run ``body``, report errors once, and leave cleanly."""
+    """Parse the config, join the process group, make sure every rank runs the same job, run
+    ``body`` under the liveness watchdog, report errors once, and leave cleanly."""
     launch = distributed.Launch()
     clean = False
     try:
@@ -67,8 +69,14 @@ def run_command(
         cfg = parse()
         device = distributed.choose_device(cfg.train.device, launch, share=cfg.dist.backend == "gloo")
         backend = distributed.choose_backend(cfg.dist.backend, device)
-        distributed.init(launch, backend, device, cfg.dist.timeout_seconds)
-        body(cfg, launch, device, backend)
+        d = cfg.dist
+        if distributed.init(launch, backend, device, d.timeout_seconds) is not None and d.liveness_seconds > 0:
+            # Its own connection, with a short timeout: the watchdog must not wait on a frozen store for minutes.
+            store = distributed.job_store(distributed.connect_store(launch, max(d.liveness_seconds, 5.0)))
+            liveness.start(store, launch.rank, launch.world_size, d.liveness_seconds, d.timeout_seconds)
+        hosts = agreement.check_ranks_agree(agreement.job_items(cfg))
+        liveness.run()
+        body(cfg, replace(launch, hosts=tuple(hosts)), device, backend)
         clean = True
     except JobError as e:
         # Errors every rank hits alike are printed once, by rank 0.
@@ -86,5 +94,6 @@ def run_command(
     except Exception as e:
         return report_unexpected(e, command, launch.rank, launch.world_size)
     finally:
+        liveness.stop(clean)
         distributed.shutdown(clean)
     return 0

@@ -11,6 +11,9 @@ from __future__ import annotations
 EXIT_CRASH = 1  # an unexpected exception: one line here, the traceback in a file
 EXIT_INPUT = 2
 EXIT_DIVERGED = 3
+# EX_UNAVAILABLE: a rank went silent or stopped making progress (or lost the store); the line
+# names it, and a rerun (torchrun's restart, SLURM's requeue) resumes from the last snapshot.
+EXIT_UNRESPONSIVE = 69
 EXIT_OUTPUT = 74  # EX_IOERR: an output could not be written (disk full, read-only, no permission)
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: a snapshot was saved; run the same command again to resume
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C

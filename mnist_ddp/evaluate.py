@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from mnist_ddp import distributed, plots
+from mnist_ddp import agreement, distributed, plots
 from mnist_ddp.atomic import atomic_write_json
 from mnist_ddp.checkpoint import SavedWeights, read_weights
 from mnist_ddp.config import Config, load_config
@@ -48,6 +48,7 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Load the weights on every rank, score the test split across ranks, report on rank 0."""
     data = load_on_every_rank(cfg.data, cfg.seed, launch.local_rank, launch.world_size, device)
+    agreement.check_ranks_agree(data.fingerprint())
     model = build_model(cfg, data.in_features).to(device)
     try:
         model.load_state_dict(saved.state_dict)

@@ -1,9 +1,12 @@
 """Test-only fault injection, driven by environment variables so no user-facing key exists.
 
-MNIST_DDP_TEST_FAULT="KIND:RANK:STEP" makes that rank, at that global step:
+MNIST_DDP_TEST_FAULT="KIND:RANK:STEP[:SECONDS]" makes that rank, at that global step:
   raise  raise an exception (a crashing worker);
-  kill   SIGKILL itself, on the first attempt only (a killed worker that torchrun restarts);
-  nan    poison the loss with NaN (a diverging run).
+  kill   SIGKILL itself (a killed worker that torchrun restarts);
+  nan    poison the loss with NaN (a diverging run);
+  hang   sleep in Python for SECONDS (default: for good), a rank stuck while the others wait;
+  slow   sleep SECONDS in every step from this one on (a straggler).
+kill and hang strike on torchrun's first attempt only, so that the restarted workers get through.
 MNIST_DDP_TEST_PRINT_HASH=1 makes every rank print its final parameter hash.
 """
 
@@ -11,19 +14,21 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from dataclasses import dataclass
 
 import torch
 
 FAULT_ENV = "MNIST_DDP_TEST_FAULT"
 PRINT_HASH_ENV = "MNIST_DDP_TEST_PRINT_HASH"
-KINDS = ("raise", "kill", "nan")
+KINDS = ("raise", "kill", "nan", "hang", "slow")
 
 
 @dataclass(frozen=True)
 class Fault:
     kind: str
     step: int
+    seconds: float = 1e9
 
 
 def planned_fault(rank: int) -> Fault | None:
@@ -31,14 +36,14 @@ def planned_fault(rank: int) -> Fault | None:
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return None
-    kind, fault_rank, step = spec.split(":")
+    kind, fault_rank, step, *seconds = spec.split(":")
     if kind not in KINDS:
         raise ValueError(f"{FAULT_ENV}={spec!r}: kind must be one of {KINDS}")
     if int(fault_rank) != rank:
         return None
-    if kind == "kill" and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+    if kind in ("kill", "hang") and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
         return None  # the restarted worker must get through
-    return Fault(kind, int(step))
+    return Fault(kind, int(step), *map(float, seconds))
 
 
 def inject(fault: Fault | None, step: int, loss: torch.Tensor | None) -> torch.Tensor | None:
@@ -46,13 +51,20 @@ def inject(fault: Fault | None, step: int, loss: torch.Tensor | None) -> torch.T
 
     A CUDA graph step passes no loss: a crash or kill -9 still happens, a NaN cannot be injected.
     """
+    if fault is not None and fault.kind == "slow" and step >= fault.step:
+        time.sleep(fault.seconds)
     if fault is None or fault.step != step:
+        return loss
+    if fault.kind == "hang":
+        time.sleep(fault.seconds)
         return loss
     if fault.kind == "raise":
         raise RuntimeError(f"test fault: rank fails at step {step}")
     if fault.kind == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
-    return None if loss is None else loss * float("nan")
+    if fault.kind == "nan" and loss is not None:
+        return loss * float("nan")
+    return loss
 
 
 def print_hash_requested() -> bool:

@@ -11,6 +11,7 @@ from typing import Any
 from mnist_ddp import PACKAGE_IMPORTED_AT
 from mnist_ddp.atomic import atomic_write_json, atomic_write_text, json_text, output_error
 from mnist_ddp.evaluation import EvalCounts
+from mnist_ddp.timing import straggler_text
 
 # Accuracy milestones whose first crossing the summary reports: the blog's 97.4% and 98%.
 ACCURACY_MILESTONES = (0.974, 0.98)
@@ -70,12 +71,14 @@ def epoch_record(
 
 
 def format_epoch_line(record: dict[str, Any], epochs: int) -> str:
-    """The one log line printed per epoch."""
+    """The one log line printed per epoch (naming the straggler, when a rank held the others back)."""
     width = len(str(epochs))
+    straggler = record.get("straggler")
     return (
         f"epoch {record['epoch']:>{width}}/{epochs}  train_loss {record['train_loss']:.4f}"
         f"  test_loss {record['test_loss']:.4f}  test_acc {100 * record['test_accuracy']:.2f}%"
         f"  samples/s {record['samples_per_second']:,.0f}  elapsed {record['elapsed_seconds']:.1f}s"
+        + (f"  {straggler_text(straggler)}" if straggler else "")
     )
 
 
@@ -120,6 +123,19 @@ def build_summary(records: list[dict[str, Any]], final: EvalCounts, world_size: 
         "train_seconds": train_seconds,
         "seconds_to_accuracy": reached,
         "wall_seconds": seconds_since_start(),
+    }
+
+
+def rank_seconds_total(records: list[dict[str, Any]], world_size: int) -> dict[str, list[float]] | None:
+    """Every rank's seconds per phase over the run: the records' ``rank_seconds`` summed (those of
+    this world size; a resume at another size starts its own count). None when none were measured."""
+    measured = [
+        r["rank_seconds"] for r in records if len(next(iter(r.get("rank_seconds", {}).values()), [])) == world_size
+    ]
+    if not measured:
+        return None
+    return {
+        phase: [round(sum(m[phase][rank] for m in measured), 4) for rank in range(world_size)] for phase in measured[0]
     }
 
 

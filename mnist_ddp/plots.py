@@ -93,10 +93,32 @@ def prediction_grid(images: torch.Tensor, labels: torch.Tensor, predicted: torch
     return save_png(fig, path)
 
 
+def rank_times(seconds: dict[str, list[float]], path: Path) -> Path:
+    """Each rank's seconds per phase over the run, as stacked bars: the slow rank computes longest and waits least."""
+    ranks = len(next(iter(seconds.values())))
+    fig, ax = plt.subplots(figsize=(7, 0.5 * ranks + 1.6))
+    left = [0.0] * ranks
+    for phase, values in seconds.items():
+        ax.barh(range(ranks), values, left=left, label=phase.replace("_", " "))
+        left = [a + b for a, b in zip(left, values, strict=True)]
+    ax.set(
+        yticks=range(ranks), yticklabels=[f"rank {r}" for r in range(ranks)], xlabel="seconds", title="time per rank"
+    )
+    ax.invert_yaxis()
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25 if ranks < 4 else -0.1), ncol=5, fontsize=8)
+    return save_png(fig, path)
+
+
 def write_run_plots(
-    records: list[dict[str, Any]] | None, counts: EvalCounts, model: torch.nn.Module, images, labels, folder: Path
+    records: list[dict[str, Any]] | None,
+    counts: EvalCounts,
+    model: torch.nn.Module,
+    images,
+    labels,
+    folder: Path,
+    rank_seconds: dict[str, list[float]] | None = None,
 ) -> list[Path]:
-    """Every figure for a run (learning curves only when there are epoch records)."""
+    """Every figure for a run (learning curves with epoch records, the per-rank chart with their times)."""
     model.eval()
     with torch.no_grad():
         predicted = torch.cat(
@@ -112,4 +134,6 @@ def write_run_plots(
     ]
     if records:
         paths.insert(0, learning_curves(records, folder / "learning_curves.png"))
+    if rank_seconds:
+        paths.append(rank_times(rank_seconds, folder / "rank_times.png"))
     return paths

@@ -1,8 +1,13 @@
 """Meeting the other nodes: the checks that turn a silent multi-node hang into one line.
 
-- :func:`wait_for_endpoint` runs in ``launch/node.sh`` before torchrun, on every node that does
-  not host the rendezvous (``python -m mnist_ddp.rendezvous HOST:PORT``): it waits for the
-  endpoint to accept connections, saying so every few seconds, and gives up with one line.
+- :func:`check_endpoint` runs in ``launch/node.sh`` before torchrun
+  (``python -m mnist_ddp.rendezvous HOST:PORT [SECONDS] [JOB_ID]``). A node that does not host
+  the rendezvous waits for the endpoint to accept connections, saying so every few seconds, and
+  gives up with one line. Whatever listens there (on any node, the host's own included) must
+  then answer as a TCPStore within seconds, or it is a foreign service that torchrun would
+  hang on; and if the store already serves another job (its ranks wrote their id under
+  :data:`JOB_KEY`), this job refuses to join it: two jobs in one store would see each other's
+  keys, and the second would die when the first ends.
 - :func:`check_reachable_hostname` stops a rank of a multi-node gloo job whose host name
   resolves to a loopback address: gloo would advertise that address, and the ranks on other
   nodes would wait for it until the timeout.
@@ -12,17 +17,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import socket
 import sys
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from datetime import timedelta
 
 from mnist_ddp.console import say
-from mnist_ddp.errors import InputError
+from mnist_ddp.errors import InputError, first_line
 
 WAITING_LINE_SECONDS = 3.0
+# The key under which a job's ranks record its id in the store (distributed.claim_store).
+JOB_KEY = "mnist_ddp/job"
+# launch/node.sh tells the workers the rendezvous endpoint here, so that they can claim it.
+ENDPOINT_ENV = "MNIST_DDP_RDZV_ENDPOINT"
+# How long whatever listens on the endpoint has to answer as a TCPStore.
+PROBE_SECONDS = 3.0
 
 
 def resolve(host: str) -> str:
@@ -43,22 +57,35 @@ def is_local(address: str) -> bool:
     return True
 
 
+def parse_endpoint(endpoint: str) -> tuple[str, int]:
+    """HOST and PORT of ``HOST:PORT``."""
+    host, _, port_text = endpoint.rpartition(":")
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise InputError(f"RDZV_ENDPOINT={endpoint!r} is not HOST:PORT; give the first node's name and a port")
+    return host, int(port_text)
+
+
+def listening(address: str, port: int, timeout: float = 1.0) -> str | None:
+    """None when something accepts TCP connections at address:port, else why not."""
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return None
+    except OSError as e:
+        return e.strerror or type(e).__name__
+
+
 def wait_for_endpoint(endpoint: str, timeout: float, poll: float = 1.0) -> None:
     """Return once HOST:PORT accepts TCP connections (at once if HOST is this machine, whose
     torchrun hosts the rendezvous); an InputError naming the endpoint after ``timeout`` seconds."""
-    host, _, port_text = endpoint.rpartition(":")
-    if not host or not port_text.isdigit():
-        raise InputError(f"RDZV_ENDPOINT={endpoint!r} is not HOST:PORT; give the first node's name and a port")
-    address, port = resolve(host), int(port_text)
+    host, port = parse_endpoint(endpoint)
+    address = resolve(host)
     if is_local(address):
         return
     started = last_said = time.monotonic()
     while True:
-        try:
-            with socket.create_connection((address, port), timeout=poll):
-                return
-        except OSError as e:
-            reason = e.strerror or type(e).__name__
+        reason = listening(address, port, timeout=poll)
+        if reason is None:
+            return
         now = time.monotonic()
         if now - started >= timeout:
             raise InputError(
@@ -69,6 +96,71 @@ def wait_for_endpoint(endpoint: str, timeout: float, poll: float = 1.0) -> None:
             say(f"waiting for the rendezvous at {host}:{port} ({address}): {reason}", sys.stderr)
             last_said = now
         time.sleep(max(0.0, poll - (time.monotonic() - now)))
+
+
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 (torch's C++ warnings about a failed connection) for the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def store_holder(host: str, address: str, port: int, timeout: float = PROBE_SECONDS) -> str:
+    """The id of the job whose ranks use the TCPStore at address:port ('' when none has yet).
+
+    Whatever listens there must answer as a TCPStore within ``timeout`` seconds; otherwise it is
+    another service, and an InputError says so. (A TCPStore client waits on a silent peer without
+    a timeout, hence the thread.)
+    """
+    import torch.distributed as dist  # two seconds of import, only when something listens
+
+    answer: dict[str, object] = {}
+
+    def ask() -> None:
+        try:
+            store = dist.TCPStore(address, port, is_master=False, timeout=timedelta(seconds=timeout))
+            answer["holder"] = store.get(JOB_KEY).decode() if store.check([JOB_KEY]) else ""
+        except Exception as e:  # DistNetworkError, DistStoreError, RuntimeError: all mean "not a store"
+            answer["error"] = e
+
+    with quiet_stderr():
+        asking = threading.Thread(target=ask, daemon=True)
+        asking.start()
+        asking.join(timeout + 1)
+    if "holder" in answer:
+        return str(answer["holder"])
+    error = answer.get("error")
+    reason = first_line(error) if isinstance(error, Exception) else f"no answer within {timeout:g} s"
+    raise InputError(
+        f"port {port} on {host} is held by another service, not a torchrun rendezvous ({reason}); choose a free"
+        f" port: RDZV_ENDPOINT={host}:<port>"
+    )
+
+
+def check_endpoint(endpoint: str, timeout: float, job: str = "", poll: float = 1.0) -> None:
+    """Wait for the endpoint (see :func:`wait_for_endpoint`), then make sure that what listens there
+    is a TCPStore that no other job uses. Nothing listening on this host's own endpoint is fine:
+    this node's torchrun will host the store."""
+    host, port = parse_endpoint(endpoint)
+    address = resolve(host)
+    if is_local(address):
+        if listening(address, port) is not None:
+            return
+    else:
+        wait_for_endpoint(endpoint, timeout, poll)
+    holder = store_holder(host, address, port)
+    if holder and job and holder != job:
+        raise InputError(
+            f"port {port} on {host} serves the rendezvous of job {holder}; this job is {job}: give each job its own"
+            f" port (RDZV_ENDPOINT={host}:<free port>)"
+        )
 
 
 def spans_nodes(env: Mapping[str, str]) -> bool:
@@ -115,15 +207,16 @@ def join(store, rank: int, world_size: int, address: str, timeout: float, poll: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m mnist_ddp.rendezvous HOST:PORT [TIMEOUT_SECONDS]``: wait for a rendezvous endpoint."""
+    """``python -m mnist_ddp.rendezvous HOST:PORT [TIMEOUT_SECONDS] [JOB_ID]``: wait for a rendezvous
+    endpoint and check what listens there (see :func:`check_endpoint`)."""
     args = sys.argv[1:] if argv is None else argv
     try:
-        if not 1 <= len(args) <= 2:
-            raise InputError("usage: python -m mnist_ddp.rendezvous HOST:PORT [TIMEOUT_SECONDS]")
+        if not 1 <= len(args) <= 3:
+            raise InputError("usage: python -m mnist_ddp.rendezvous HOST:PORT [TIMEOUT_SECONDS] [JOB_ID]")
         timeout = args[1] if len(args) > 1 else "120"
         if not timeout.replace(".", "", 1).isdigit():
             raise InputError(f"timeout {timeout!r} is not a number of seconds")
-        wait_for_endpoint(args[0], float(timeout))
+        check_endpoint(args[0], float(timeout), args[2] if len(args) > 2 else "")
     except InputError as e:
         say(f"error: {e}", sys.stderr)
         return e.exit_code
@@ -131,4 +224,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # A probe thread may still hang on a silent service: leave without waiting for it.
+    sys.stdout.flush()
+    os._exit(code)

@@ -109,6 +109,11 @@ def epoch_values(record: dict[str, Any], per_class_accuracy: list[float]) -> dic
         "perf/samples_per_second": record["samples_per_second"],
     }
     values.update({f"test/class_{c}_accuracy": a for c, a in enumerate(per_class_accuracy)})
+    for phase, seconds in record.get("rank_seconds", {}).items():
+        values.update({f"time/rank_{r}/{phase}_seconds": s for r, s in enumerate(seconds)})
+    if record.get("straggler"):
+        values["time/straggler_rank"] = record["straggler"]["rank"]
+        values["time/straggler_factor"] = record["straggler"]["factor"]
     return values
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from mnist_ddp import fault_injection, guard, metrics, tracking
+from mnist_ddp import agreement, fault_injection, guard, liveness, metrics, timing, tracking
 from mnist_ddp.atomic import atomic_write_text
 from mnist_ddp.checkpoint import (
     Progress,
@@ -52,6 +52,7 @@ from mnist_ddp.errors import Diverged, Interrupted, Preempted
 from mnist_ddp.evaluation import EvalCounts, evaluate_across_ranks
 from mnist_ddp.model import build_model, parameter_count, parameter_hash
 from mnist_ddp.optimizer import build_optimizer, build_schedule, current_lr, load_optimizer_state
+from mnist_ddp.profiling import start_profiler
 from mnist_ddp.rng import device_rng_state, host_rng_state, restore_streams, seed_everything
 from mnist_ddp.rundir import RunDirLock, choose_run_dir
 from mnist_ddp.step import TrainStep, check_step_options
@@ -71,12 +72,16 @@ class Trainer:
         torch.set_num_threads(self.threads)
         seed_everything(cfg.seed)
         guard.install_signal_handlers()
+        self.hosts = list(launch.hosts)
 
+        liveness.mark("data loading")
         self.data = load_on_every_rank(cfg.data, cfg.seed, launch.local_rank, self.world_size, device)
+        agreement.check_ranks_agree(self.data.fingerprint())
         self.model = build_model(cfg, self.data.in_features).to(device)
         # Same initial weights on every rank (seeded above); different dropout masks per rank.
         torch.manual_seed(cfg.seed + self.rank)
-        ddp_model = wrap_ddp(self.model, device, cfg.dist)
+        self.clock = timing.RankClock(device, cfg.log.rank_times)
+        ddp_model = wrap_ddp(self.model, device, cfg.dist, self.clock)
         # Every rank's shard has the same length (padded), hence the same number of steps.
         self.shard_len = len(shard_indices(torch.arange(len(self.data.train_labels)), self.rank, self.world_size))
         self.steps_per_epoch = -(-self.shard_len // self.per_rank_batch)
@@ -92,6 +97,10 @@ class Trainer:
         self.run_dir = choose_run_dir(cfg.run.dir) if self.is_main else None
         if self.run_dir is not None and not cfg.run.dir:  # config.yaml and snapshots record the chosen folder
             self.cfg = replace(cfg, run=replace(cfg.run, dir=str(self.run_dir)))
+        # Rank 0's folder, known to every rank: where each writes its profile trace, or its stacks when stuck.
+        self.shared_run_dir = Path(str(broadcast_from_rank0(str(self.run_dir))))
+        liveness.tell_run_dir(self.shared_run_dir)
+        self.profiler = None
         self.resumed_from: Snapshot | None = None
         self.progress = Progress()
 
@@ -153,8 +162,21 @@ class Trainer:
             self.guard.start_at(self.progress.global_step)
             if self.cfg.train.cuda_graphs:
                 self.step.capture(self.step_losses, self.shard_len)
+            self.profiler = start_profiler(self.cfg.profile, self.shared_run_dir, self.rank, self.device)
+            self.clock.profiling = self.profiler is not None
             counts = self.train_epochs()
+            self.stop_profiler()
             return self.finish(counts)
+
+    def stop_profiler(self) -> None:
+        """End the profile (profile.steps > 0); rank 0 prints its top operations."""
+        if self.profiler is None:
+            return
+        table = self.profiler.stop()
+        self.profiler, self.clock.profiling = None, False
+        if self.is_main and table:
+            folder = self.shared_run_dir / "profile"
+            say(f"profile: one trace per rank in {folder} (open in ui.perfetto.dev); rank 0's top operations:\n{table}")
 
     def announce(self) -> None:
         """Rank 0's opening lines: data, model, ranks, where the outputs go, where it resumes."""
@@ -191,17 +213,32 @@ class Trainer:
                 leave=False,
                 disable=not (self.is_main and cfg.log.progress and sys.stdout.isatty()),
             )
+            self.clock.loop_started()
             for step_in_epoch in range(p.step_in_epoch + 1, self.steps_per_epoch + 1):
                 batch = shard[(step_in_epoch - 1) * self.per_rank_batch : step_in_epoch * self.per_rank_batch]
-                self.step(batch, p.global_step, self.step_losses, step_in_epoch - 1)
+                self.take_step(batch, step_in_epoch - 1)
                 p.global_step, p.step_in_epoch = p.global_step + 1, step_in_epoch
                 bar.update()
                 if self.is_main and p.global_step % cfg.log.every_steps == 0:
                     logged_lrs[p.global_step] = current_lr(self.optimizer, self.schedule, cfg.train.lr)
                 self.check_after_step()
+                if self.profiler is not None:
+                    self.profiler.step()
+            self.clock.loop_ended()
             bar.close()
             counts = self.end_epoch(started, logged_lrs) or counts
+            liveness.steady()  # every phase has run once: the short liveness limit applies from here
         return counts
+
+    def take_step(self, batch: torch.Tensor, position: int) -> None:
+        """One training step, marked for the liveness watchdog (and a range while profiling)."""
+        p = self.progress
+        liveness.mark("step", p.epoch, p.global_step + 1)
+        if self.profiler is None:
+            self.step(batch, p.global_step, self.step_losses, position)
+            return
+        with torch.profiler.record_function("mnist_ddp/step"):
+            self.step(batch, p.global_step, self.step_losses, position)
 
     def check_after_step(self) -> None:
         """At a snapshot step agree at once and snapshot; at a check step act on the previous check."""
@@ -209,11 +246,19 @@ class Trainer:
         if ck.every_steps > 0 and step % ck.every_steps == 0:
             self.agree_and_snapshot()
         elif step % ck.check_every_steps == 0:
-            self.obey(self.guard.lagged(step))
+            with self.phase("agreement"):
+                decision = self.guard.lagged(step)
+            self.obey(decision)
+
+    def phase(self, name: str):
+        """A phase every rank runs (agreement, evaluation, snapshot): timed, marked, named in a profile."""
+        return self.clock.phase(name, self.progress.epoch, self.progress.global_step)
 
     def agree_and_snapshot(self) -> None:
         """Agree without lag (a snapshot must not hold NaN), then snapshot, or stop as agreed."""
-        self.obey(self.guard.now(self.progress.global_step))
+        with self.phase("agreement"):
+            decision = self.guard.now(self.progress.global_step)
+        self.obey(decision)
         self.snapshot()
 
     def obey(self, decision: guard.Decision) -> None:
@@ -255,6 +300,11 @@ class Trainer:
 
     def snapshot(self) -> Path | None:
         """Every rank calls this (it gathers RNG states and the loss); rank 0 writes the file."""
+        with self.phase("snapshot"):
+            return self.write_snapshot()
+
+    def write_snapshot(self) -> Path | None:
+        """The snapshot's collectives on every rank, and rank 0's write."""
         rng = all_gather_tensors(device_rng_state(self.device).to(self.device))
         epoch_loss_sum = all_reduce_sum(self.loss_sum_so_far()).item()
         path = None
@@ -282,19 +332,26 @@ class Trainer:
         last = p.epoch == tc.epochs
         evaluate = last or p.epoch % tc.eval_every_epochs == 0
         snapshot = last or (every > 0 and p.epoch % every == 0)
-        counts = train_loss = train_seconds = None
+        counts = train_loss = train_seconds = decision = None
         if evaluate:
-            train_loss = all_reduce_sum(self.loss_sum_so_far()).item() / (self.shard_len * self.world_size)
+            with self.phase("agreement"):
+                train_loss = all_reduce_sum(self.loss_sum_so_far()).item() / (self.shard_len * self.world_size)
             train_seconds = time.perf_counter() - started
         self.log_step_losses(logged_lrs)
         if evaluate:
-            counts = self.evaluate()
-        decision = self.guard.now(p.global_step) if evaluate or snapshot else None
-        if decision is not None:
+            with self.phase("evaluation"):
+                counts = self.evaluate()
+        if evaluate or snapshot:
+            with self.phase("agreement"):
+                decision = self.guard.now(p.global_step)
             self.stop_if_diverged(decision)  # before the record: a non-finite epoch is never recorded
+        rank_times = self.gather_rank_times() if counts is not None else None
         if counts is not None and self.run_dir is not None:
             lr = current_lr(self.optimizer, self.schedule, tc.lr)
             record = metrics.epoch_record(p.epoch, train_loss, counts, self.images_trained(), train_seconds, lr)
+            if rank_times is not None:
+                record["rank_seconds"] = rank_times
+                record["straggler"] = timing.straggler_record(rank_times, self.hosts, self.cfg.dist.straggler_factor)
             p.records.append(record)
             metrics.append_metrics(self.run_dir, record)
             say(metrics.format_epoch_line(record, tc.epochs))
@@ -305,6 +362,13 @@ class Trainer:
         if snapshot:
             self.snapshot()
         return counts
+
+    def gather_rank_times(self) -> dict[str, list[float]] | None:
+        """Every rank's seconds per phase since the last record, on every rank (a collective; None when off)."""
+        if not self.cfg.log.rank_times:
+            return None
+        mine = torch.tensor(self.clock.take(), dtype=torch.float64, device=self.device)
+        return timing.rank_seconds([t.tolist() for t in all_gather_tensors(mine)])
 
     def log_step_losses(self, logged_lrs: dict[int, float]) -> None:
         """Rank 0 logs the per-step losses of the epoch's logged steps: the epoch's one transfer of them."""
@@ -336,6 +400,7 @@ class Trainer:
 
     def finish(self, counts: EvalCounts | None) -> dict[str, Any]:
         """The final outputs: model.pt, summary.json, figures and the last line (rank 0)."""
+        liveness.mark("final outputs")
         counts = counts or self.evaluate()  # None: resumed from a snapshot taken after the last epoch
         if fault_injection.print_hash_requested():
             say(f"parameter_hash rank={self.rank} {parameter_hash(self.model)}")
@@ -345,11 +410,16 @@ class Trainer:
         records = self.progress.records
         save_model(self.run_dir / "model.pt", self.model, to_dict(self.cfg), self.data.in_features)
         summary = metrics.build_summary(records, counts, self.world_size)
+        rank_totals = metrics.rank_seconds_total(records, self.world_size)
         summary |= {
             "backend": self.backend if self.world_size > 1 else "none",
             "per_rank_batch_size": self.per_rank_batch,
             "threads_per_rank": self.threads,
             "peak_rss_mb_per_rank": [round(float(r.item()), 1) for r in peak_rss],
+            "hosts": self.hosts,
+            "rank_seconds": rank_totals,
+            "straggler": rank_totals
+            and timing.straggler_record(rank_totals, self.hosts, self.cfg.dist.straggler_factor),
         }
         metrics.write_summary(self.run_dir, summary)
         if self.cfg.log.plots:
@@ -357,7 +427,7 @@ class Trainer:
 
             data = self.data
             figures = plots.write_run_plots(
-                records, counts, self.model, data.test_images, data.test_labels, self.run_dir / "plots"
+                records, counts, self.model, data.test_images, data.test_labels, self.run_dir / "plots", rank_totals
             )
             tracking.log_images(self.wandb_run, figures, self.progress.global_step)
         say(

@@ -67,6 +67,45 @@ def run_module(module: str, *args: str, cwd: Path, timeout: float = 300, env: di
     )
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_ranks(per_rank: list[list[str]], cwd: Path, timeout: float = 120, env: dict | None = None) -> list[Ran]:
+    """Start ``python -m mnist_ddp.train`` once per rank by hand, as a bare srun would (RANK,
+    WORLD_SIZE, MASTER_ADDR, MASTER_PORT; rank 0 hosts the store), each with its own arguments."""
+    port = str(free_port())
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "mnist_ddp.train", *args],
+            cwd=cwd,
+            env={
+                **os.environ,
+                "PYTHONUNBUFFERED": "1",
+                **(env or {}),
+                "RANK": str(rank),
+                "WORLD_SIZE": str(len(per_rank)),
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": port,
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank, args in enumerate(per_rank)
+    ]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=timeout)
+        results.append(Ran(p.returncode, out, err))
+    return results
+
+
 def require(problem: str | None, what: str) -> None:
     """Skip the test when ``problem`` says it cannot run here; in CI (CI=true) fail instead."""
     if problem is None:

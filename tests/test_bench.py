@@ -52,3 +52,25 @@ def test_a_bad_override_is_a_one_line_error_before_any_measuring(tmp_path):
     assert result.returncode == 2
     assert result.stderr == "error: config key 'train.batch_size' is 0; it must be at least 1\n"
     assert not out.exists() and result.stdout == ""
+
+
+def test_every_row_is_a_valid_config_and_the_diagnostics_cost_compares_medians():
+    from mnist_ddp.config import load_config
+
+    for _, overrides in bench.DDP_ROWS:
+        load_config(None, overrides)
+    off = load_config(None, bench.NO_DIAGNOSTICS)
+    assert off.dist.liveness_seconds == 0 and off.log.rank_times is False
+    rows = [
+        {"name": "ddp 2x1 plain", "samples_per_second": 98.0, "runs_samples_per_second": [97.0, 98.0, 99.0]},
+        {
+            "name": "ddp 2x1 no diagnostics",
+            "samples_per_second": 100.0,
+            "runs_samples_per_second": [100.0, 90.0, 101.0],
+        },
+    ]
+    assert bench.diagnostics_cost(rows) == (
+        "diagnostics on (plain) / off: 0.980 of samples/s, medians of 3 alternating runs each"
+        " (plain then off: 97, 98, 99, 100, 90, 101)"
+    )
+    assert bench.diagnostics_cost(rows[:1]) == ""  # --quick runs no such pair

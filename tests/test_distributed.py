@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import CONFIGS, REPO, run_in_process
+from conftest import CONFIGS, REPO, free_port, run_in_process
 from mnist_files import write_fake_mnist
 
 from mnist_ddp import distributed
@@ -25,7 +24,7 @@ from mnist_ddp.fault_injection import FAULT_ENV, PRINT_HASH_ENV
 from mnist_ddp.model import MLP
 
 SMOKE = str(CONFIGS / "smoke.yaml")
-OUTPUTS = ["checkpoints", "config.yaml", "metrics.jsonl", "model.pt", "plots", "summary.json"]
+OUTPUTS = ["checkpoints", "config.yaml", "metrics.jsonl", "model.pt", "plots", "profile", "summary.json"]
 
 
 def test_torchrun_environment():
@@ -128,12 +127,6 @@ def test_epoch_shards_are_disjoint_cover_and_reshuffle():
     assert torch.equal(epoch_permutation(n, 7, 1), epoch_permutation(n, 7, 1))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def score_on_ranks(rank: int, world_size: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
@@ -176,18 +169,28 @@ def hashes(output: str) -> dict[str, str]:
     return {rank: digest for _, rank, digest in rows}
 
 
-def test_two_ranks_through_launch_script_train_one_model(tmp_path):
+def test_two_ranks_through_launch_script_train_one_model_name_the_slow_rank_and_profile(tmp_path):
     run_dir = tmp_path / "run"
     result = run(
-        [str(REPO / "launch" / "local.sh"), "--config", SMOKE, "train.epochs=3", f"run.dir={run_dir}"],
+        [
+            str(REPO / "launch" / "local.sh"),
+            "--config",
+            SMOKE,
+            "train.epochs=3",
+            f"run.dir={run_dir}",
+            "profile.steps=8",
+            "profile.skip_steps=17",  # steps 19-26: the end of epoch 1 (23 steps) falls inside
+            "profile.top=5",
+        ],
         cwd=tmp_path,
-        env={"NPROC": "2", PRINT_HASH_ENV: "1"},
+        env={"NPROC": "2", PRINT_HASH_ENV: "1", FAULT_ENV: "slow:1:0:0.01"},  # rank 1 sleeps 10 ms a step
     )
     assert result.returncode == 0, result.stderr[-3000:]
     found = hashes(result.stdout)
     assert set(found) == {"rank=0", "rank=1"} and len(set(found.values())) == 1
-    # Rank 0 alone prints epoch lines and writes; the other rank leaves nothing behind.
-    assert sum(line.startswith("epoch ") for line in result.stdout.splitlines()) == 3
+    # Rank 0 alone prints epoch lines and writes; the other rank leaves nothing behind but its trace.
+    epochs = [line for line in result.stdout.splitlines() if line.startswith("epoch ")]
+    assert len(epochs) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
     assert sorted(p.name for p in run_dir.iterdir()) == OUTPUTS
     # One snapshot per epoch end (23 steps each), the newest three kept, written by rank 0 alone.
@@ -201,6 +204,20 @@ def test_two_ranks_through_launch_script_train_one_model(tmp_path):
     assert (summary["world_size"], summary["backend"], summary["per_rank_batch_size"]) == (2, "gloo", 32)
     assert summary["test_examples"] == 360
     assert summary["test_accuracy"] > 0.8
+    # The slow rank is named: it computes longest, while the fast one waits for its gradients.
+    host = summary["hosts"][1]
+    assert all(f"straggler: rank 1 ({host}) computes " in line for line in epochs[1:]), epochs
+    assert summary["straggler"]["rank"] == 1 and summary["straggler"]["factor"] >= 1.5
+    times = summary["rank_seconds"]
+    assert times["compute"][1] > times["compute"][0] and times["gradient_wait"][0] > times["gradient_wait"][1]
+    assert (run_dir / "plots" / "rank_times.png").stat().st_size > 0
+    # One trace per rank, with the phases as ranges and gloo's all-reduce; rank 0 prints the top operations.
+    for rank in (0, 1):
+        events = json.loads((run_dir / "profile" / f"rank{rank}.pt.trace.json").read_text())["traceEvents"]
+        names = {e.get("name") for e in events}
+        assert {"mnist_ddp/step", "mnist_ddp/agreement", "mnist_ddp/evaluation", "mnist_ddp/snapshot"} <= names
+        assert "gloo:all_reduce" in names
+    assert "profile: one trace per rank in " in result.stdout and "Self CPU time total" in result.stdout
 
 
 def test_two_ranks_match_one_process(tmp_path):
@@ -255,22 +272,48 @@ def test_three_ranks_score_an_indivisible_test_set_exactly(tmp_path):
     assert summary["test_examples"] == 101 and summary["world_size"] == 3 and summary["per_rank_batch_size"] == 21
 
 
-def test_two_nodes_on_one_machine(tmp_path):
+def test_two_nodes_on_one_machine_and_a_second_job_on_their_port_is_refused(tmp_path):
     port = free_port()
     env = {"NNODES": "2", "NPROC": "1", "RDZV_ENDPOINT": f"127.0.0.1:{port}", "RDZV_ID": "pytest-two-nodes"}
     # Both "nodes" share this machine's loopback, which a real multi-node job refuses to use
     # unless told to (tests/test_multinode.py runs two hosts with their own addresses).
     env["GLOO_SOCKET_IFNAME"] = "lo"
-    cmd = [str(REPO / "launch" / "node.sh"), "--config", SMOKE, "train.epochs=2", f"run.dir={tmp_path / 'run'}"]
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHON": sys.executable, **env}
+    cmd = [str(REPO / "launch" / "node.sh"), "--config", SMOKE, "train.epochs=4", f"run.dir={tmp_path / 'run'}"]
+    # Rank 0 idles 40 ms a step (~1 s an epoch): the job outlives the second one's check, and leaves it the CPUs.
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHON": sys.executable, FAULT_ENV: "slow:0:0:0.04", **env}
     agents = [
         subprocess.Popen(cmd, cwd=tmp_path, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for _ in range(2)
     ]
+    while not (tmp_path / "run" / "metrics.jsonl").exists():  # the job's ranks have claimed the rendezvous
+        assert all(a.poll() is None for a in agents), agents[0].communicate()[0][-2000:]
+        time.sleep(0.1)
+    started = time.monotonic()
+    second = run([*cmd[:-1], f"run.dir={tmp_path / 'other'}"], cwd=tmp_path, env={**env, "RDZV_ID": "another-job"})
+    assert all(a.poll() is None for a in agents)  # the first job was still running all along
     outputs = [a.communicate(timeout=180)[0] for a in agents]
     assert [a.returncode for a in agents] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["test_examples"] == 360
+    # The second job stopped at once, before torchrun, with one line naming the job that holds the port.
+    assert second.returncode == 2 and time.monotonic() - started < 20
+    assert second.stderr == (
+        f"error: port {port} on 127.0.0.1 serves the rendezvous of job pytest-two-nodes; this job is another-job:"
+        f" give each job its own port (RDZV_ENDPOINT=127.0.0.1:<free port>)\n"
+    )
+    assert not (tmp_path / "other").exists()
+
+
+def test_a_store_another_job_claimed_is_refused():
+    port = free_port()
+    store = dist.TCPStore("127.0.0.1", port, 1, is_master=True, wait_for_workers=False)
+    distributed.claim_store(store, "here")  # no job id: claimed as "-"
+    with pytest.raises(InputError, match=r"^the store at here belongs to job -, not to this job \(j2\): two jobs"):
+        os.environ["TORCHELASTIC_RUN_ID"] = "j2"
+        try:
+            distributed.claim_store(store, "here")
+        finally:
+            del os.environ["TORCHELASTIC_RUN_ID"]
 
 
 def test_a_failing_rank_stops_the_whole_job_instead_of_hanging(tmp_path):

@@ -169,12 +169,34 @@ def submit(slurm2: dict[str, str], out_dir: Path) -> tuple[str, Path]:
     return job_id, out_dir / f"slurm-mnist_ddp-{job_id}.out"
 
 
+# Listens on every port that slurm/train.sbatch could derive from a job id (29400 + id % 1000).
+HOLD_PORTS = """
+import resource, socket, sys, time
+resource.setrlimit(resource.RLIMIT_NOFILE, (2048, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+held = []
+for port in range(29400, 30400):
+    s = socket.socket()
+    s.bind(("0.0.0.0", port))
+    s.listen()
+    held.append(s)
+print("holding", flush=True)
+time.sleep(600)
+"""
+
+
 def test_sbatch_on_two_nodes_completes_and_matches_one_host(slurm2, two_rank_hash, tmp_path):
-    job_id, log_path = submit(slurm2, tmp_path)
-    fields = wait_for_end(slurm2, job_id)
+    holder = on_host(slurm2, "node1", [sys.executable, "-c", HOLD_PORTS], tmp_path / "holder.log")
+    try:
+        wait_for_text(tmp_path / "holder.log", "holding")
+        job_id, log_path = submit(slurm2, tmp_path)
+        fields = wait_for_end(slurm2, job_id)
+    finally:
+        holder.kill()
     log = log_path.read_text(errors="replace")
     assert (fields["JobState"], fields["ExitCode"]) == ("COMPLETED", "0:0"), log[-3000:]
     assert fields["NodeList"] == "node[1-2]"
+    # Every port the job id could give was taken on node1: the batch script moved past them.
+    assert "rendezvous node1:30400," in log
     assert final_hashes(log) == {two_rank_hash}
     summary = json.loads((tmp_path / "runs" / f"slurm-{job_id}" / "summary.json").read_text())
     # One CPU per task from SLURM: one thread per rank, with no train.threads given.

@@ -10,15 +10,10 @@ from datetime import timedelta
 
 import pytest
 import torch.distributed as dist
+from conftest import free_port
 
 from mnist_ddp import rendezvous
 from mnist_ddp.errors import InputError
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_an_endpoint_on_this_machine_needs_no_wait():
@@ -119,3 +114,48 @@ def test_join_gives_up_after_the_timeout_naming_the_address():
     store = dist.TCPStore("127.0.0.1", port, 3, is_master=True, timeout=timedelta(seconds=10), wait_for_workers=False)
     with pytest.raises(InputError, match=rf"only 1 of 3 ranks joined at 127.0.0.1:{port} within 1 s; start the"):
         rendezvous.join(store, 0, 3, f"127.0.0.1:{port}", timeout=1)
+
+
+def silent_listener() -> socket.socket:
+    """A plain TCP service that accepts connections and never answers."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    return server
+
+
+def test_a_port_held_by_another_service_is_one_line_within_seconds(capsys):
+    server = silent_listener()
+    port = server.getsockname()[1]
+    started = time.monotonic()
+    try:
+        code = rendezvous.main([f"127.0.0.1:{port}", "5", "jobB"])  # what launch/node.sh runs first
+    finally:
+        server.close()
+    assert code == 2 and time.monotonic() - started < rendezvous.PROBE_SECONDS + 2
+    assert capsys.readouterr().err == (
+        f"error: port {port} on 127.0.0.1 is held by another service, not a torchrun rendezvous (no answer within"
+        f" {rendezvous.PROBE_SECONDS:g} s); choose a free port: RDZV_ENDPOINT=127.0.0.1:<port>\n"
+    )
+
+
+def test_a_store_is_asked_which_job_holds_it():
+    port = free_port()
+    store = dist.TCPStore("127.0.0.1", port, 1, is_master=True, timeout=timedelta(seconds=10), wait_for_workers=False)
+    assert rendezvous.store_holder("127.0.0.1", "127.0.0.1", port) == ""  # nobody claimed it yet
+    rendezvous.check_endpoint(f"127.0.0.1:{port}", 5, "jobA")
+    store.set(rendezvous.JOB_KEY, "jobA")
+    assert rendezvous.store_holder("127.0.0.1", "127.0.0.1", port) == "jobA"
+    rendezvous.check_endpoint(f"127.0.0.1:{port}", 5, "jobA")  # its own job's store: fine
+    with pytest.raises(InputError) as err:
+        rendezvous.check_endpoint(f"127.0.0.1:{port}", 5, "jobB")
+    assert str(err.value) == (
+        f"port {port} on 127.0.0.1 serves the rendezvous of job jobA; this job is jobB: give each job its own port"
+        " (RDZV_ENDPOINT=127.0.0.1:<free port>)"
+    )
+
+
+def test_a_free_port_on_this_host_needs_no_probe():
+    started = time.monotonic()
+    rendezvous.check_endpoint(f"127.0.0.1:{free_port()}", 5, "jobA")  # this node's torchrun will host it
+    assert time.monotonic() - started < 1

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from conftest import CONFIGS
+from conftest import CONFIGS, run_in_process
 from wandb_records import history
 
 from mnist_ddp import tracking
@@ -51,6 +51,8 @@ def test_two_ranks_offline_make_exactly_one_run_with_epoch_history(tmp_path):
         {"test/loss", "train/epoch_loss", "perf/samples_per_second", "test/class_0_accuracy"} <= r.keys()
         for r in epochs
     )
+    # Each rank's time per phase, gathered by rank 0.
+    assert all({"time/rank_0/compute_seconds", "time/rank_1/gradient_wait_seconds"} <= r.keys() for r in epochs)
     steps = [r["_step"] for r in rows]
     assert steps == sorted(steps)  # one monotonic axis for step and epoch metrics
     assert any("train/loss" in r and "train/lr" in r for r in rows)
@@ -59,7 +61,9 @@ def test_two_ranks_offline_make_exactly_one_run_with_epoch_history(tmp_path):
 
 def test_disabled_creates_no_wandb_folder(tmp_path):
     run_dir = tmp_path / "run"
-    result = run(tmp_path, f"run.dir={run_dir}", "wandb.mode=disabled")  # (not only via $WANDB_MODE)
+    args = ["--config", str(CONFIGS / "smoke.yaml"), "train.epochs=3", f"run.dir={run_dir}", "wandb.mode=disabled"]
+    # The setting wins over wandb's own variable.
+    result = run_in_process("mnist_ddp.train", *args, cwd=tmp_path, env={"WANDB_MODE": "offline"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert not (run_dir / "wandb").exists() and not (tmp_path / "wandb").exists()
     assert (run_dir / "summary.json").is_file()

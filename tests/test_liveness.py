@@ -1,0 +1,147 @@
+"""Liveness: who is to blame when progress stops (judge, on made-up records), the stack file, and
+real 2-rank torchrun jobs with a worker frozen by SIGSTOP and a worker stuck in a Python sleep."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import CONFIGS
+
+from mnist_ddp import liveness
+from mnist_ddp.errors import EXIT_UNRESPONSIVE
+from mnist_ddp.fault_injection import FAULT_ENV
+from mnist_ddp.liveness import RUNNING, STUCK, Record, Seen, judge
+
+POLL = 0.5
+
+
+def peer(marks: int, beat_age: float, marks_age: float = 0.0, state: str = RUNNING, limit: float = 3.0) -> Seen:
+    """A peer as rank 0 saw it at time 100: its beat moved ``beat_age`` s ago, its marks ``marks_age`` s ago."""
+    record = Record("node2", 42, 7, marks, "global step 51 (epoch 3)", 0.5, limit, state, "/s.txt" if state else "")
+    return Seen(record, 100 - beat_age, 100 - marks_age)
+
+
+def test_a_silent_peer_is_named_once_its_limit_has_passed():
+    # Rank 0 waits (one mark ahead, in the all-reduce) for rank 1, whose beat stopped.
+    assert judge(0, 12, 4.0, 3.0, {1: peer(11, beat_age=3.4)}, 100, POLL) is None  # within limit + a poll
+    assert judge(0, 12, 4.0, 3.0, {1: peer(11, beat_age=3.6)}, 100, POLL).culprits == [(1, "silent")]
+    # The peer's own limit counts: one still starting up (the long limit) is not silent yet.
+    assert judge(0, 12, 40.0, 300.0, {1: peer(11, beat_age=30, limit=300)}, 100, POLL) is None
+
+
+def test_the_rank_that_is_behind_is_stuck_not_the_ones_waiting_for_it():
+    # Rank 1 is behind (fewer marks) and alive: rank 0 waits for it to say so...
+    assert judge(0, 12, 4.0, 3.0, {1: peer(10, beat_age=0.1, marks_age=4)}, 100, POLL) is None
+    # ...and rank 1, with nobody behind it, finds itself stuck.
+    assert judge(1, 10, 5.0, 3.0, {0: peer(12, beat_age=0.1, marks_age=5)}, 100, POLL).culprits == []
+    # Once it says so, rank 0 names it.
+    assert judge(0, 12, 5.0, 3.0, {1: peer(10, 0.1, 5, state=STUCK)}, 100, POLL).culprits == [(1, "stuck")]
+    # A rank behind that never says so (its watchdog cannot run) is named after its limit and a grace.
+    late = 3.0 + liveness.STUCK_GRACE_POLLS * POLL + 0.1
+    assert judge(0, 12, 9.0, 3.0, {1: peer(10, 0.1, late)}, 100, POLL).culprits == [(1, "no progress")]
+
+
+def test_nothing_is_judged_before_this_rank_has_stalled_for_its_limit():
+    assert judge(0, 10, 2.0, 3.0, {1: peer(10, beat_age=0.1)}, 100, POLL) is None
+    # A peer that finished (done) is never a culprit, however long it stays quiet.
+    assert judge(0, 10, 2.0, 3.0, {1: peer(10, beat_age=60, state=liveness.DONE)}, 100, POLL) is None
+    # One that exited (ranks leave one by one after a stop) only once this rank has waited its limit.
+    assert judge(0, 10, 2.0, 3.0, {1: peer(10, beat_age=60, state=liveness.EXITED)}, 100, POLL) is None
+    assert judge(0, 10, 3.5, 3.0, {1: peer(10, 60, state=liveness.EXITED)}, 100, POLL).culprits == [(1, "exited")]
+
+
+def test_a_culprit_line_says_who_where_what_and_how_long_ago():
+    text = liveness.culprit_text(1, "silent", peer(11, beat_age=4.2), 100)
+    assert text == (
+        "rank 1 (node2, pid 42) is silent: no heartbeat for 4 s (stopped, frozen, or its node is gone);"
+        " it last reported global step 51 (epoch 3), 5 s ago"
+    )
+    assert liveness.describe("step", 3, 51, "gradients") == "global step 51 (epoch 3), waiting for gradients"
+    assert liveness.describe("evaluation", 2, 46, "") == "evaluation (epoch 2)"
+
+
+def test_stacks_go_to_run_dir_without_following_a_planted_link(tmp_path):
+    path = Path(liveness.write_stacks(tmp_path / "run", 1, "node2"))
+    assert path.parent == (tmp_path / "run" / "stacks").absolute()
+    text = path.read_text()
+    assert text.startswith(f"rank 1 on node2, pid {os.getpid()}") and "test_stacks_go_to_run_dir" in text
+    # A link planted where the file would go is not followed: the stacks go to a new temp file.
+    target = tmp_path / "victim"
+    target.write_text("keep")
+    path.unlink()
+    path.symlink_to(target)
+    other = Path(liveness.write_stacks(tmp_path / "run", 1, "node2"))
+    assert other != path and other.name.startswith("mnist_ddp-stacks-rank1-") and target.read_text() == "keep"
+    other.unlink()
+
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=0"]
+BOUND = 2.0  # dist.liveness_seconds for these runs
+
+
+def start_job(tmp_path: Path, env: dict | None = None) -> subprocess.Popen:
+    args = ["--config", str(CONFIGS / "smoke.yaml"), "train.epochs=500", f"dist.liveness_seconds={BOUND:g}"]
+    return subprocess.Popen(
+        [*TORCHRUN, "-m", "mnist_ddp.train", *args, f"run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def read_until(proc: subprocess.Popen, predicate) -> str:
+    for line in proc.stdout:
+        if predicate(line):
+            return line
+    raise AssertionError("the job ended without the line")
+
+
+def worker_pid(agent: subprocess.Popen, rank: int) -> int:
+    """The pid of torchrun's worker of ``rank``."""
+    children = subprocess.run(["pgrep", "-P", str(agent.pid)], capture_output=True, text=True).stdout.split()
+    for pid in children:
+        if f"RANK={rank}" in Path(f"/proc/{pid}/environ").read_text().split("\0"):
+            return int(pid)
+    raise AssertionError(f"no worker of rank {rank} among {children}")
+
+
+def test_a_frozen_worker_is_named_by_the_other_rank_within_the_bound(tmp_path):
+    job = start_job(tmp_path)
+    read_until(job, lambda line: line.split()[:2] == ["epoch", "3/500"])  # steady state: the short limit
+    frozen = worker_pid(job, 1)
+    os.kill(frozen, signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    try:
+        line = read_until(job, lambda line: line.startswith("error: "))
+        detected = time.monotonic() - stopped_at
+    finally:
+        os.kill(frozen, signal.SIGKILL)  # torchrun would wait 30 s for a stopped worker to take its SIGTERM
+        rest = job.communicate(timeout=60)[0]
+    assert detected < BOUND + 3, (detected, line)
+    assert line.startswith(f"error: rank 1 ({os.uname().nodename}, pid {frozen}) is silent: no heartbeat for ")
+    assert "; it last reported " in line and "; rank 0 waited " in line and "every rank stopped" in line
+    assert f"exitcode: {EXIT_UNRESPONSIVE}" in rest  # rank 0 stopped by itself (torchrun reports it)
+
+
+def test_a_worker_stuck_in_python_exits_with_its_stack_and_is_named(tmp_path):
+    started = time.monotonic()
+    job = start_job(tmp_path, {FAULT_ENV: "hang:1:100"})  # a sleep in rank 1's step 101 (epoch 5)
+    out = job.communicate(timeout=120)[0]
+    errors = [line for line in out.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2, out[-3000:]
+    named = next(e for e in errors if e.startswith("error: rank 1 "))
+    own = next(e for e in errors if e.startswith("error: [rank 1] "))
+    assert "made no progress for" in named and "at global step 101 (epoch 5)" in named
+    stack = Path(named.split("its stack is in ")[1].split(" on ")[0])
+    assert stack.parent == tmp_path / "run" / "stacks" and f"the stack of every thread is in {stack}" in own
+    text = stack.read_text()
+    assert "Thread MainThread:" in text and "fault_injection.py" in text and "time.sleep(fault.seconds)" in text
+    assert time.monotonic() - started < 60  # not the 300 s of dist.timeout_seconds
+    assert job.returncode != 0
