@@ -8,10 +8,11 @@ One invocation on one machine measures, each in its own process:
 - ``seed-loop``: the blog's loop as written (a DataLoader over a TensorDataset, batch 100,
   SGD lr 0.01, fp32, 50,000 training images);
 - mnist_ddp's default config in one process, timed from process start to 97.4% and 98.0%;
-- mnist_ddp under torchrun, 2 ranks x 1 thread (gloo), at the default global batch, plain and
-  with each DDP option; and the cost of the distributed diagnostics: plain (the default: liveness
-  watchdog, per-rank times, agreement at start) against ``no diagnostics``, alternating and
-  taking medians of ``DIAGNOSTICS_REPEATS`` runs each, and a run recording a profile.
+- mnist_ddp under torchrun, 2 ranks x 1 thread (gloo), at the default global batch, plain (with
+  the distributed diagnostics on, as by default), without them, recording a profile, and with
+  each DDP option;
+- the diagnostics' cost per step, A/B inside one 2-rank job (``diagnostics_ab``): whole runs
+  differ by +-10% on a shared machine, more than the cost to measure.
 
 Every row shows samples/s, seconds per 60,000-image epoch, its fraction of the limit
 (samples/s over GFLOP/s / (6 x parameters)), and the peak resident memory of each process.
@@ -45,11 +46,9 @@ PARAMETERS = sum(i * o + o for i, o in itertools.pairwise(WIDTHS))
 FLOPS_PER_SAMPLE = 6 * PARAMETERS  # forward 2, backward 4 multiply-adds per weight
 EPOCH_IMAGES = 60_000
 
-# (row name, overrides) for the 2-rank rows, each at the default global batch. The first two
-# run in alternation, DIAGNOSTICS_REPEATS times each: their ratio is a few percent at most,
-# less than what one run varies on a shared machine.
+# (row name, overrides) for the 2-rank rows, each at the default global batch.
 NO_DIAGNOSTICS = ["dist.liveness_seconds=0", "log.rank_times=false"]
-DIAGNOSTICS_REPEATS = 3
+AB_BLOCKS, AB_STEPS = 24, 40  # blocks of steps per variant in the A/B job, taking turns
 DDP_ROWS = [
     ("ddp 2x1 plain", []),
     ("ddp 2x1 no diagnostics", NO_DIAGNOSTICS),
@@ -122,6 +121,11 @@ def worker(kind: str, argument: int) -> None:
 
     from mnist_ddp.metrics import peak_rss_mb
 
+    if kind == "diagnostics":
+        ab = diagnostics_ab(argument)
+        if ab is not None:
+            print(json.dumps(ab))
+        return
     if kind == "limit":
         torch.set_num_threads(argument)
         result: dict[str, Any] = {
@@ -228,9 +232,10 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     limit: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
+    ab: dict[str, Any] = {}
     code = 0
     try:
-        measure(args, limit, rows)
+        measure(args, limit, rows, ab)
     except JobError as e:  # a row that failed: report it, keep the rows that finished
         say(f"error: {e}", sys.stderr)
         code = e.exit_code
@@ -239,15 +244,17 @@ def main(argv: list[str] | None = None) -> int:
     if not limit:
         return code
     annotate(rows, limit)
-    table = "\n".join(filter(None, [format_table(rows, limit), diagnostics_cost(rows)]))
+    table = "\n".join(filter(None, [format_table(rows, limit), diagnostics_cost(ab)]))
     say(table)
-    atomic_write_json(args.out, {"limit": limit, "rows": rows, "table": table, "complete": code == 0})
+    report = {"limit": limit, "rows": rows, "diagnostics_ab": ab or None, "table": table, "complete": code == 0}
+    atomic_write_json(args.out, report)
     say(f"\nwrote {args.out}" + ("" if code == 0 else " (the rows that finished)"))
     return code
 
 
-def measure(args: argparse.Namespace, limit: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-    """Fill ``limit`` and append each row to ``rows`` as it finishes, so a failure keeps the finished ones."""
+def measure(args: argparse.Namespace, limit: dict[str, Any], rows: list[dict[str, Any]], ab: dict[str, Any]) -> None:
+    """Fill ``limit``, append each row to ``rows`` as it finishes (so a failure keeps the finished
+    ones), then fill ``ab`` with the diagnostics A/B (not with --quick)."""
     limit_1x = run_worker("limit", os.cpu_count() or 1)[0]
     limit_2x1 = run_worker("limit", 1, concurrent=2)
     limit |= {
@@ -262,29 +269,95 @@ def measure(args: argparse.Namespace, limit: dict[str, Any], rows: list[dict[str
     ddp_epochs = ["train.epochs=2"] if args.quick else ["train.epochs=3"]
     with tempfile.TemporaryDirectory(prefix="mnist_ddp_bench_") as tmp:
         rows.append(train_row("mnist_ddp default", 1, [*epochs, *args.overrides], Path(tmp)))
-        ddp = ["train.threads=1", *ddp_epochs, *args.overrides]
-        if args.quick:
-            rows.append(train_row(DDP_ROWS[0][0], 2, [*ddp, *DDP_ROWS[0][1]], Path(tmp)))
-            return
-        rows.extend(alternating(DDP_ROWS[:2], ddp, DIAGNOSTICS_REPEATS, Path(tmp)))
-        for name, options in DDP_ROWS[2:]:
-            rows.append(train_row(name, 2, [*ddp, *options], Path(tmp)))
-        rows.append(train_row("ddp 2x2 threads", 2, ["train.threads=2", *ddp_epochs, *args.overrides], Path(tmp)))
+        for name, options in DDP_ROWS[:1] if args.quick else DDP_ROWS:
+            rows.append(train_row(name, 2, ["train.threads=1", *ddp_epochs, *options, *args.overrides], Path(tmp)))
+        if not args.quick:
+            rows.append(train_row("ddp 2x2 threads", 2, ["train.threads=2", *ddp_epochs, *args.overrides], Path(tmp)))
+            ab.update(run_diagnostics_ab())
 
 
-def alternating(variants: list[tuple[str, list[str]]], common: list[str], repeats: int, folder: Path) -> list[dict]:
-    """Each 2-rank variant run ``repeats`` times, taking turns; each row holds its median run."""
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in variants}
-    for i in range(repeats):
-        for name, options in variants:
-            runs[name].append(train_row(name, 2, [*common, *options], folder / str(i)))
-    rows = []
-    for name, _ in variants:
-        ordered = sorted(runs[name], key=lambda r: r["samples_per_second"])
-        rows.append(
-            {**ordered[len(ordered) // 2], "runs_samples_per_second": [r["samples_per_second"] for r in runs[name]]}
-        )
-    return rows
+def run_diagnostics_ab() -> dict[str, Any]:
+    """The A/B job under torchrun (2 ranks x 1 thread); rank 0's JSON result."""
+    command = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "mnist_ddp.bench"]
+    result = subprocess.run(
+        [sys.executable, *command, f"--worker=diagnostics:{AB_BLOCKS}"], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        raise JobError(f"the diagnostics A/B job failed (exit {result.returncode})")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def diagnostics_ab(blocks: int) -> dict[str, Any] | None:
+    """One rank of the A/B job: two copies of the default model, one under DDP as it comes, one
+    with everything the diagnostics add to a step (the comm hook timing the gradient wait and
+    marking it, a liveness mark per step, the watchdog thread publishing to the store, timed
+    agreement phases); blocks of AB_STEPS steps take turns. Rank 0 returns the medians."""
+    import copy
+    import statistics
+
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+    from torch.nn.parallel import DistributedDataParallel
+
+    from mnist_ddp import distributed, liveness
+    from mnist_ddp.config import DistConfig
+    from mnist_ddp.data import normalize_pixels
+    from mnist_ddp.model import build_model
+    from mnist_ddp.timing import RankClock
+
+    torch.set_num_threads(1)
+    launch = distributed.read_launch()
+    dist.init_process_group("gloo")
+    cpu = torch.device("cpu")
+    liveness.start(distributed.job_store(distributed.connect_store(launch, 30)), launch.rank, 2, 30.0, 300.0)
+    liveness.run()
+    torch.manual_seed(0)
+    plain_model = build_model(load_config(None, []), 784)
+    on_model, clock = copy.deepcopy(plain_model), RankClock(cpu, enabled=True)
+    variants = {
+        "off": (DistributedDataParallel(plain_model, gradient_as_bucket_view=True), plain_model, None),
+        "on": (distributed.wrap_ddp(on_model, cpu, DistConfig(), clock), on_model, clock),
+    }
+    optimizers = {k: torch.optim.AdamW(m.parameters(), lr=1e-3, fused=True) for k, (_, m, _) in variants.items()}
+    generator = torch.Generator().manual_seed(launch.rank)
+    images = torch.randint(0, 256, (256, 784), dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, 10, (256,), generator=generator)
+
+    def block(name: str, steps: int) -> float:
+        ddp, _, clock = variants[name]
+        started = time.perf_counter()
+        for i in range(steps):
+            if clock is not None:
+                liveness.mark("step", 1, i)
+            optimizers[name].zero_grad(set_to_none=True)
+            F.cross_entropy(ddp(normalize_pixels(images)), labels).backward()
+            optimizers[name].step()
+            if i % 10 == 9:  # the stop/NaN check every 10 steps, timed as an agreement when on
+                flags = torch.zeros(2, dtype=torch.float64)
+                if clock is None:
+                    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+                else:
+                    with clock.phase("agreement", 1, i):
+                        distributed.all_reduce_max(flags)
+        return (time.perf_counter() - started) / steps
+
+    block("off", 10), block("on", 10)  # warm-up
+    seconds: dict[str, list[float]] = {"off": [], "on": []}
+    for b in range(blocks):
+        for name in ("off", "on") if b % 2 == 0 else ("on", "off"):
+            seconds[name].append(block(name, AB_STEPS))
+    liveness.stop(True)
+    dist.destroy_process_group()
+    if launch.rank != 0:
+        return None
+    off, on = statistics.median(seconds["off"]), statistics.median(seconds["on"])
+    return {
+        "off_ms_per_step": 1000 * off,
+        "on_ms_per_step": 1000 * on,
+        "on_over_off_samples": off / on,
+        "blocks": blocks,
+    }
 
 
 def annotate(rows: list[dict[str, Any]], limit: dict[str, Any]) -> None:
@@ -300,16 +373,14 @@ def annotate(rows: list[dict[str, Any]], limit: dict[str, Any]) -> None:
             r["vs_one_process"] = r["samples_per_second"] / one["samples_per_second"]
 
 
-def diagnostics_cost(rows: list[dict[str, Any]]) -> str:
-    """The line under the table: what the diagnostics on by default cost, from the alternating rows."""
-    on, off = (next((r for r in rows if r["name"] == n), None) for n, _ in DDP_ROWS[:2])
-    if on is None or off is None:
+def diagnostics_cost(ab: dict[str, Any]) -> str:
+    """The line under the table: the A/B job's per-step times with the diagnostics on and off."""
+    if not ab:
         return ""
-    ratio = on["samples_per_second"] / off["samples_per_second"]
-    spread = ", ".join(f"{v:,.0f}" for v in on["runs_samples_per_second"] + off["runs_samples_per_second"])
     return (
-        f"diagnostics on (plain) / off: {ratio:.3f} of samples/s, medians of {len(on['runs_samples_per_second'])}"
-        f" alternating runs each (plain then off: {spread})"
+        f"diagnostics (liveness watchdog, gradient-wait timing, phase marks), A/B in one 2-rank job, medians of"
+        f" {ab['blocks']} alternating blocks of {AB_STEPS} steps: {ab['on_ms_per_step']:.2f} ms/step on,"
+        f" {ab['off_ms_per_step']:.2f} off: {ab['on_over_off_samples']:.3f} of samples/s"
     )
 
 

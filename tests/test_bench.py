@@ -54,23 +54,16 @@ def test_a_bad_override_is_a_one_line_error_before_any_measuring(tmp_path):
     assert not out.exists() and result.stdout == ""
 
 
-def test_every_row_is_a_valid_config_and_the_diagnostics_cost_compares_medians():
+def test_every_row_is_a_valid_config_and_the_diagnostics_line_reads_the_ab_job():
     from mnist_ddp.config import load_config
 
     for _, overrides in bench.DDP_ROWS:
         load_config(None, overrides)
     off = load_config(None, bench.NO_DIAGNOSTICS)
     assert off.dist.liveness_seconds == 0 and off.log.rank_times is False
-    rows = [
-        {"name": "ddp 2x1 plain", "samples_per_second": 98.0, "runs_samples_per_second": [97.0, 98.0, 99.0]},
-        {
-            "name": "ddp 2x1 no diagnostics",
-            "samples_per_second": 100.0,
-            "runs_samples_per_second": [100.0, 90.0, 101.0],
-        },
-    ]
-    assert bench.diagnostics_cost(rows) == (
-        "diagnostics on (plain) / off: 0.980 of samples/s, medians of 3 alternating runs each"
-        " (plain then off: 97, 98, 99, 100, 90, 101)"
+    ab = {"off_ms_per_step": 12.0, "on_ms_per_step": 12.12, "on_over_off_samples": 12.0 / 12.12, "blocks": 24}
+    assert bench.diagnostics_cost(ab) == (
+        "diagnostics (liveness watchdog, gradient-wait timing, phase marks), A/B in one 2-rank job, medians of 24"
+        f" alternating blocks of {bench.AB_STEPS} steps: 12.12 ms/step on, 12.00 off: 0.990 of samples/s"
     )
-    assert bench.diagnostics_cost(rows[:1]) == ""  # --quick runs no such pair
+    assert bench.diagnostics_cost({}) == ""  # --quick runs no A/B
