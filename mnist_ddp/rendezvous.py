@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import ipaddress
 import os
 import socket
@@ -154,6 +155,8 @@ def check_endpoint(endpoint: str, timeout: float, job: str = "", poll: float = 1
         if listening(address, port) is not None:
             return
     else:
+        # The probe needs torch (two seconds of import): load it while waiting for the first node.
+        threading.Thread(target=importlib.import_module, args=("torch.distributed",), daemon=True).start()
         wait_for_endpoint(endpoint, timeout, poll)
     holder = store_holder(host, address, port)
     if holder and job and holder != job:

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import CONFIGS, REPO, free_port, run_in_process
+from conftest import CONFIGS, REPO, free_port, run_in_process, run_ranks
 from mnist_files import write_fake_mnist
 
 from mnist_ddp import distributed
@@ -245,8 +245,8 @@ def test_two_ranks_match_one_process(tmp_path):
     a = torch.load(tmp_path / "one" / "model.pt", weights_only=True)["state_dict"]
     diffs = {}
     for name, options in variants.items():
-        result = run(torchrun(2, "-m", "mnist_ddp.train", *args, *options, f"run.dir={tmp_path / name}"), cwd=tmp_path)
-        assert result.returncode == 0, result.stderr[-3000:]
+        ranks = run_ranks([[*args, *options, f"run.dir={tmp_path / name}"]] * 2, tmp_path)
+        assert [r.returncode for r in ranks] == [0, 0], ranks[0].stderr[-3000:] + ranks[1].stderr[-3000:]
         b = torch.load(tmp_path / name / "model.pt", weights_only=True)["state_dict"]
         diffs[name] = max((a[k] - b[k]).abs().max().item() for k in a)
     assert diffs["two"] <= 1e-5 and diffs["accumulate"] <= 1e-5, diffs
@@ -255,19 +255,9 @@ def test_two_ranks_match_one_process(tmp_path):
 
 def test_three_ranks_score_an_indivisible_test_set_exactly(tmp_path):
     write_fake_mnist(tmp_path / "mnist", n_train=300, n_test=101)
-    result = run(
-        torchrun(
-            3,
-            "-m",
-            "mnist_ddp.train",
-            f"data.root={tmp_path / 'mnist'}",
-            "train.batch_size=63",
-            "train.epochs=1",
-            f"run.dir={tmp_path / 'run'}",
-        ),
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    args = [f"data.root={tmp_path / 'mnist'}", "train.batch_size=63", "train.epochs=1", f"run.dir={tmp_path / 'run'}"]
+    ranks = run_ranks([args] * 3, tmp_path)
+    assert [r.returncode for r in ranks] == [0, 0, 0], ranks[0].stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["test_examples"] == 101 and summary["world_size"] == 3 and summary["per_rank_batch_size"] == 21
 
@@ -332,11 +322,9 @@ def test_a_failing_rank_stops_the_whole_job_instead_of_hanging(tmp_path):
 
 def test_more_ranks_than_training_images_is_a_clear_error(tmp_path):
     write_fake_mnist(tmp_path / "mnist", n_train=1, n_test=4)
-    result = run(
-        torchrun(2, "-m", "mnist_ddp.train", f"data.root={tmp_path / 'mnist'}", "train.batch_size=2"), cwd=tmp_path
-    )
-    assert result.returncode != 0
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    ranks = run_ranks([[f"data.root={tmp_path / 'mnist'}", "train.batch_size=2"]] * 2, tmp_path)
+    assert [r.returncode for r in ranks] == [2, 2]
+    errors = [line for r in ranks for line in r.stderr.splitlines() if line.startswith("error:")]
     assert errors == [
         "error: [rank 0] 1 training images cannot be shared by 2 ranks; start fewer processes or use a larger dataset"
     ]

@@ -1,5 +1,6 @@
 """Liveness: who is to blame when progress stops (judge, on made-up records), the stack file, and
-real 2-rank torchrun jobs with a worker frozen by SIGSTOP and a worker stuck in a Python sleep."""
+real 2-rank torchrun jobs: a worker frozen by SIGSTOP (named in bounded time, then torchrun's
+restart resumes exactly), and a worker stuck in a Python sleep."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import CONFIGS
+from conftest import CONFIGS, SMOKE_30
 
 from mnist_ddp import liveness
 from mnist_ddp.errors import EXIT_UNRESPONSIVE
-from mnist_ddp.fault_injection import FAULT_ENV
+from mnist_ddp.fault_injection import FAULT_ENV, PRINT_HASH_ENV
 from mnist_ddp.liveness import RUNNING, STUCK, Record, Seen, judge
 
 POLL = 0.5
@@ -80,14 +81,14 @@ def test_stacks_go_to_run_dir_without_following_a_planted_link(tmp_path):
     other.unlink()
 
 
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=0"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 BOUND = 2.0  # dist.liveness_seconds for these runs
 
 
-def start_job(tmp_path: Path, env: dict | None = None) -> subprocess.Popen:
-    args = ["--config", str(CONFIGS / "smoke.yaml"), "train.epochs=500", f"dist.liveness_seconds={BOUND:g}"]
+def start_job(tmp_path: Path, args: list[str], restarts: int, env: dict | None = None) -> subprocess.Popen:
+    settings = [f"dist.liveness_seconds={BOUND:g}", f"run.dir={tmp_path / 'run'}"]
     return subprocess.Popen(
-        [*TORCHRUN, "-m", "mnist_ddp.train", *args, f"run.dir={tmp_path / 'run'}"],
+        [*TORCHRUN, f"--max-restarts={restarts}", "-m", "mnist_ddp.train", *args, *settings],
         cwd=tmp_path,
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         stdout=subprocess.PIPE,
@@ -112,27 +113,44 @@ def worker_pid(agent: subprocess.Popen, rank: int) -> int:
     raise AssertionError(f"no worker of rank {rank} among {children}")
 
 
-def test_a_frozen_worker_is_named_by_the_other_rank_within_the_bound(tmp_path):
-    job = start_job(tmp_path)
-    read_until(job, lambda line: line.split()[:2] == ["epoch", "3/500"])  # steady state: the short limit
-    frozen = worker_pid(job, 1)
+def wait_until_gone(pid: int, timeout: float = 20) -> None:
+    """Until the process has exited (gone, or a zombie its parent has not reaped yet)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return
+        except (FileNotFoundError, ProcessLookupError):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} still runs after {timeout} s")
+
+
+def test_a_frozen_worker_is_named_within_the_bound_and_torchruns_restart_resumes_exactly(tmp_path, two_rank_hash):
+    job = start_job(tmp_path, SMOKE_30, restarts=1, env={PRINT_HASH_ENV: "1"})
+    read_until(job, lambda line: line.startswith("epoch  3/30"))  # steady state: the short limit applies
+    frozen, waiting = worker_pid(job, 1), worker_pid(job, 0)
     os.kill(frozen, signal.SIGSTOP)
     stopped_at = time.monotonic()
-    try:
-        line = read_until(job, lambda line: line.startswith("error: "))
-        detected = time.monotonic() - stopped_at
-    finally:
-        os.kill(frozen, signal.SIGKILL)  # torchrun would wait 30 s for a stopped worker to take its SIGTERM
-        rest = job.communicate(timeout=60)[0]
+    line = read_until(job, lambda line: line.startswith("error: "))
+    detected = time.monotonic() - stopped_at
+    wait_until_gone(waiting)  # rank 0 ends by itself...
+    os.kill(frozen, signal.SIGKILL)  # ...a stopped worker would take torchrun's SIGTERM only once continued
+    rest = job.communicate(timeout=120)[0]
     assert detected < BOUND + 3, (detected, line)
     assert line.startswith(f"error: rank 1 ({os.uname().nodename}, pid {frozen}) is silent: no heartbeat for ")
     assert "; it last reported " in line and "; rank 0 waited " in line and "every rank stopped" in line
-    assert f"exitcode: {EXIT_UNRESPONSIVE}" in rest  # rank 0 stopped by itself (torchrun reports it)
+    assert f"exitcode: {EXIT_UNRESPONSIVE}" in rest  # torchrun saw rank 0 stop (69), then restarted the group
+    assert job.returncode == 0, rest[-3000:]
+    assert "resuming from" in rest
+    hashes = {line.split()[-1] for line in rest.splitlines() if line.startswith("parameter_hash ")}
+    assert hashes == {two_rank_hash}  # both ranks, equal to the uninterrupted run
 
 
 def test_a_worker_stuck_in_python_exits_with_its_stack_and_is_named(tmp_path):
     started = time.monotonic()
-    job = start_job(tmp_path, {FAULT_ENV: "hang:1:100"})  # a sleep in rank 1's step 101 (epoch 5)
+    args = ["--config", str(CONFIGS / "smoke.yaml"), "train.epochs=500"]
+    job = start_job(tmp_path, args, restarts=0, env={FAULT_ENV: "hang:1:100"})  # a sleep in rank 1's step 101
     out = job.communicate(timeout=120)[0]
     errors = [line for line in out.splitlines() if line.startswith("error: ")]
     assert len(errors) == 2, out[-3000:]

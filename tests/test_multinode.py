@@ -176,7 +176,11 @@ resource.setrlimit(resource.RLIMIT_NOFILE, (2048, resource.getrlimit(resource.RL
 held = []
 for port in range(29400, 30400):
     s = socket.socket()
-    s.bind(("0.0.0.0", port))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past an earlier test's TIME_WAIT
+    try:
+        s.bind(("0.0.0.0", port))
+    except OSError:
+        continue  # something listens there already: taken either way
     s.listen()
     held.append(s)
 print("holding", flush=True)
@@ -187,7 +191,7 @@ time.sleep(600)
 def test_sbatch_on_two_nodes_completes_and_matches_one_host(slurm2, two_rank_hash, tmp_path):
     holder = on_host(slurm2, "node1", [sys.executable, "-c", HOLD_PORTS], tmp_path / "holder.log")
     try:
-        wait_for_text(tmp_path / "holder.log", "holding")
+        wait_for_text(tmp_path / "holder.log", "holding", timeout=30)
         job_id, log_path = submit(slurm2, tmp_path)
         fields = wait_for_end(slurm2, job_id)
     finally:
