@@ -67,6 +67,14 @@ class RankClock:
             if self.loop_start is not None:
                 self.loop_inner += elapsed
 
+    @contextmanager
+    def aside(self) -> Iterator[None]:
+        """Time inside the step loop that is none of the phases and no compute (the profiler writing its trace)."""
+        started = time.perf_counter()
+        yield
+        if self.enabled and self.loop_start is not None:
+            self.loop_inner += time.perf_counter() - started
+
     def loop_started(self) -> None:
         """The epoch's step loop begins."""
         if self.enabled:

@@ -223,7 +223,8 @@ class Trainer:
                     logged_lrs[p.global_step] = current_lr(self.optimizer, self.schedule, cfg.train.lr)
                 self.check_after_step()
                 if self.profiler is not None:
-                    self.profiler.step()
+                    with self.clock.aside():  # the step that ends the window writes the trace
+                        self.profiler.step()
             self.clock.loop_ended()
             bar.close()
             counts = self.end_epoch(started, logged_lrs) or counts
