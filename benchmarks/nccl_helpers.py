@@ -3,8 +3,8 @@
 One rank is all one GPU allows NCCL: the results are trivial sums, but every call goes through
 NCCL on CUDA tensors, as a multi-GPU job's do: all_reduce (sum, max), barrier, broadcast of an
 object, all_gather, failing together, exact evaluation, the guard's lagged and immediate checks,
-the ranks' agreement (an object gather), and a DDP step through the comm hook that times the
-wait for gradients with CUDA events.
+the ranks' agreement (an object gather), and a DDP step whose wait for gradients is timed with
+CUDA events.
 """
 
 import socket
@@ -53,9 +53,11 @@ assert stop_guard.lagged(20).first_bad_step == 0
 assert stop_guard.now(30).first_bad_step == 0
 assert agreement.check_ranks_agree({"train.lr": "0.1"}) == [socket.gethostname()]
 clock = RankClock(device, enabled=True)
-ddp = distributed.wrap_ddp(model, device, DistConfig(), clock)
+ddp = distributed.wrap_ddp(model, device, DistConfig())
+clock.watch_gradients(list(model.layers[0].parameters()))
 clock.loop_started()
 ddp(images.float()).sum().backward()
+clock.gradients_reduced()
 clock.loop_ended()
 torch.cuda.synchronize()
 compute, gradient_wait, *_ = clock.take()

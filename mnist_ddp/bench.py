@@ -289,9 +289,9 @@ def run_diagnostics_ab() -> dict[str, Any]:
 
 def diagnostics_ab(blocks: int) -> dict[str, Any] | None:
     """One rank of the A/B job: two copies of the default model, one under DDP as it comes, one
-    with everything the diagnostics add to a step (the comm hook timing the gradient wait and
-    marking it, a liveness mark per step, the watchdog thread publishing to the store, timed
-    agreement phases); blocks of AB_STEPS steps take turns. Rank 0 returns the medians."""
+    with everything the diagnostics add to a step (the gradient hooks timing and marking the
+    wait for gradients, a liveness mark per step, the watchdog thread publishing to the store,
+    timed agreement phases); blocks of AB_STEPS steps take turns. Rank 0 returns the medians."""
     import copy
     import statistics
 
@@ -315,9 +315,10 @@ def diagnostics_ab(blocks: int) -> dict[str, Any] | None:
     torch.manual_seed(0)
     plain_model = build_model(load_config(None, []), 784)
     on_model, clock = copy.deepcopy(plain_model), RankClock(cpu, enabled=True)
+    clock.watch_gradients(list(on_model.layers[0].parameters()))
     variants = {
         "off": (DistributedDataParallel(plain_model, gradient_as_bucket_view=True), plain_model, None),
-        "on": (distributed.wrap_ddp(on_model, cpu, DistConfig(), clock), on_model, clock),
+        "on": (distributed.wrap_ddp(on_model, cpu, DistConfig()), on_model, clock),
     }
     optimizers = {k: torch.optim.AdamW(m.parameters(), lr=1e-3, fused=True) for k, (_, m, _) in variants.items()}
     generator = torch.Generator().manual_seed(launch.rank)
@@ -332,6 +333,8 @@ def diagnostics_ab(blocks: int) -> dict[str, Any] | None:
                 liveness.mark("step", 1, i)
             optimizers[name].zero_grad(set_to_none=True)
             F.cross_entropy(ddp(normalize_pixels(images)), labels).backward()
+            if clock is not None:
+                clock.gradients_reduced()
             optimizers[name].step()
             if i % 10 == 9:  # the stop/NaN check every 10 steps, timed as an agreement when on
                 flags = torch.zeros(2, dtype=torch.float64)

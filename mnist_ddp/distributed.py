@@ -12,7 +12,6 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -21,7 +20,6 @@ from torch.nn.parallel import DistributedDataParallel
 from mnist_ddp import liveness, rendezvous
 from mnist_ddp.config import DistConfig
 from mnist_ddp.errors import InputError, PeerFailed, first_line
-from mnist_ddp.timing import RankClock
 
 
 @dataclass(frozen=True)
@@ -371,7 +369,7 @@ def cast_hook(dtype: torch.dtype):
     return hook
 
 
-def wrap_ddp(model: torch.nn.Module, device: torch.device, cfg: DistConfig, clock: RankClock) -> torch.nn.Module:
+def wrap_ddp(model: torch.nn.Module, device: torch.device, cfg: DistConfig) -> torch.nn.Module:
     """``model`` under DistributedDataParallel with the configured buckets and comm hook; itself for world size 1."""
     if not dist.is_initialized():
         return model
@@ -379,60 +377,23 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device, cfg: DistConfig, cloc
     ddp_model = DistributedDataParallel(
         model, device_ids=device_ids, gradient_as_bucket_view=True, bucket_cap_mb=cfg.bucket_cap_mb
     )
-    state, hook = comm_hook(cfg.comm_hook, cfg.powersgd_rank)
-    if clock.enabled or liveness.active is not None:
-        state, hook = None, observed(state, hook, clock)
-    if hook is not None:
-        ddp_model.register_comm_hook(state, hook)
+    register_comm_hook(ddp_model, cfg.comm_hook, cfg.powersgd_rank)
     return ddp_model
 
 
-def comm_hook(name: str, powersgd_rank: int) -> tuple[Any, Any]:
-    """(state, hook) for dist.comm_hook: bf16/fp16 halve the bytes sent, PowerSGD sends low-rank
-    factors; (None, None) keeps DDP's own all-reduce.
+def register_comm_hook(ddp_model: DistributedDataParallel, hook: str, powersgd_rank: int) -> None:
+    """Compress DDP's gradient all_reduce: bf16/fp16 halve the bytes sent, PowerSGD sends low-rank factors.
 
     PowerSGD keeps error-feedback state that snapshots do not hold, so a resumed run is close to,
     not bit-identical with, an uninterrupted one.
     """
-    if name in ("bf16", "fp16"):
-        return None, cast_hook(torch.bfloat16 if name == "bf16" else torch.float16)
-    if name == "powersgd":
+    if hook in ("bf16", "fp16"):
+        ddp_model.register_comm_hook(None, cast_hook(torch.bfloat16 if hook == "bf16" else torch.float16))
+    elif hook == "powersgd":
         from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook  # only when used
 
         # Plain all_reduce for the first steps, as the PowerSGD paper recommends.
         state = powerSGD_hook.PowerSGDState(
             process_group=None, matrix_approximation_rank=powersgd_rank, start_powerSGD_iter=10
         )
-        return state, powerSGD_hook.powerSGD_hook
-    return None, None
-
-
-def observed(inner_state: Any, inner_hook: Any, clock: RankClock):
-    """A comm hook around ``inner_hook`` (DDP's plain all-reduce when None) that times this rank's
-    wait for the others' gradients and marks it for the liveness watchdog.
-
-    The wait runs from the moment the last bucket is handed over (this rank's backward is done)
-    until its all-reduce completes. The plain all-reduce here computes what DDP's built-in one
-    does (divide, then sum), bit for bit.
-    """
-    if inner_hook is None:
-        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
-
-        inner_hook = allreduce_hook
-
-    def hook(state, bucket):  # no annotations: DDP checks them against its own classes
-        if not bucket.is_last():
-            return inner_hook(inner_state, bucket)
-        liveness.wait_started("gradients")
-        ready = clock.now() if clock.enabled else None
-        future = inner_hook(inner_state, bucket)
-
-        def reduced(done: torch.futures.Future) -> torch.Tensor:
-            if ready is not None:
-                clock.gradients_reduced(ready)
-            liveness.wait_ended()
-            return done.value()
-
-        return future.then(reduced)
-
-    return hook
+        ddp_model.register_comm_hook(state, powerSGD_hook.powerSGD_hook)

@@ -7,7 +7,8 @@ rank 0 does under a bare ``srun``) works the same for both backends and is indep
 collective in flight, so a watchdog thread can read and write it while the main thread waits.
 
 - The main thread marks what it is doing (:func:`mark`: a step, an evaluation, a snapshot;
-  :func:`waiting`: inside a collective; the DDP comm hook marks the wait for gradients). A mark
+  :func:`waiting`: inside a collective; :class:`mnist_ddp.timing.RankClock` marks the wait for
+  gradients). A mark
   is one tuple assignment: no lock, no I/O, nothing on the device. Every rank makes the same
   marks in the same order, so the count of marks is comparable across ranks: a rank with fewer
   is behind, and the others are waiting for it.
@@ -154,7 +155,9 @@ class Watchdog:
         self.run_dir: Path | None = None
         self.lost: Exception | None = None
         self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self.watch, name="mnist_ddp-liveness", daemon=True)
+        # Not a daemon: a daemon thread inside a C++ store call when the interpreter shuts down
+        # aborts the process. stop() ends it (within a poll, or a store timeout) before exit.
+        self.thread = threading.Thread(target=self.watch, name="mnist_ddp-liveness")
         self.publish()  # before the first collective after this, so every peer finds a record
 
     # --- the main thread ---------------------------------------------------------------------
@@ -264,7 +267,7 @@ class Watchdog:
         """Say this rank is done (or exited), so its silence from now on names nobody; stop the thread."""
         self.stopped.set()
         if self.thread.is_alive():
-            self.thread.join(timeout=2 * self.poll + 1)
+            self.thread.join()
         self.state = DONE if clean else EXITED
         if self.lost is None:
             # After a failure the store's host may be gone already (rank 0 under srun): no C++ warning about it.
@@ -336,7 +339,7 @@ def waiting(what: str = "the other ranks") -> Iterator[None]:
 
 
 def wait_started(what: str) -> None:
-    """The DDP comm hook handed the last gradient bucket to the all-reduce."""
+    """This rank's last gradient is in: it waits for DDP's all-reduce."""
     if active is not None:
         active.set_waiting(what)
 

@@ -8,6 +8,7 @@ the whole step (:class:`mnist_ddp.cuda_graphs.GraphedStep`); a short last batch 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any
 
@@ -61,10 +62,12 @@ class TrainStep:
         guard: StopGuard,
         batch_size: int,
         fault: fault_injection.Fault | None,
+        backward_returned: Callable[[], None] = lambda: None,
     ) -> None:
         self.tc, self.data, self.model, self.ddp_model = tc, data, model, ddp_model
         self.optimizer, self.schedule, self.guard = optimizer, schedule, guard
         self.batch_size, self.fault = batch_size, fault
+        self.backward_returned = backward_returned  # the end of the wait for the other ranks' gradients
         self.forward = torch.compile(ddp_model) if tc.compile else ddp_model
         device_type = data.train_images.device.type
         self.autocast = torch.autocast(device_type, dtype=torch.bfloat16) if tc.bf16 else nullcontext()
@@ -131,5 +134,6 @@ class TrainStep:
                 loss = self.batch_loss(part) * (len(part) / len(batch))
                 loss = fault_injection.inject(self.fault, global_step, loss)
                 loss.backward()  # DDP averages the gradients across ranks here (last micro-batch)
+            self.backward_returned()
             total += loss.detach()
         return total

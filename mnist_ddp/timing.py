@@ -3,11 +3,13 @@ the ranks' agreements, evaluation and snapshots; and which rank holds the others
 
 Waiting equalises ranks: at every all-reduce the fast ranks wait for the slowest, so every
 rank's step takes as long as the slowest one's, and the slow rank is the one that waits
-*least*. So the wait for gradients is measured on its own (the DDP comm hook in
-:mod:`mnist_ddp.distributed` times the last gradient bucket from the moment the rank hands it
-over until the all-reduce completes) and a rank's compute is its step loop minus that wait and
-minus the agreements and snapshots inside the loop. :func:`find_straggler` then compares each
-rank's compute with the others'.
+*least*. So the wait for gradients is measured on its own: from the moment this rank's backward
+pass has produced its last gradient (a post-accumulate-grad hook on the first layer's
+parameters, which backward reaches last; DDP then starts the all-reduce of the last bucket)
+until ``backward()`` returns, which DDP makes wait for the all-reduce. A rank's compute is its
+step loop minus that wait and minus the agreements and snapshots inside the loop.
+:func:`find_straggler` then compares each rank's compute with the others'. Nothing here runs in
+the backend's threads or changes how DDP communicates.
 
 No host sync is added: on the CPU the clock is ``time.perf_counter``; on a GPU the step loop
 and the gradient wait are CUDA events, read at the epoch's end, when the host waits for the
@@ -45,6 +47,7 @@ class RankClock:
         # On a GPU: (start, end, seconds of inner phases) per step loop, and (ready, reduced) per step.
         self.loops: list[tuple[Any, Any, float]] = []
         self.waits: list[tuple[Any, Any]] = []
+        self.ready: Any = None  # when the last gradient of the current step was in
 
     def now(self) -> Any:
         """A point in time: the host clock, or on a GPU an event recorded on the current stream."""
@@ -89,12 +92,27 @@ class RankClock:
                 self.seconds["compute"] += time.perf_counter() - self.loop_start - self.loop_inner
             self.loop_start = None
 
-    def gradients_reduced(self, ready: Any) -> None:
-        """The DDP comm hook's all-reduce of the last bucket, handed over at ``ready`` (:meth:`now`), completed."""
+    def watch_gradients(self, first_layer: list[torch.Tensor]) -> None:
+        """Hook the parameters whose gradients backward computes last (under DDP, several ranks)."""
+        for param in first_layer:
+            param.register_post_accumulate_grad_hook(self.gradient_ready)
+
+    def gradient_ready(self, param: torch.Tensor) -> None:
+        """A last gradient is in: this rank's backward compute is done, the wait for the others begins."""
+        liveness.wait_started("gradients")
+        if self.enabled:
+            self.ready = self.now()
+
+    def gradients_reduced(self) -> None:
+        """``backward()`` returned: DDP's all-reduce completed."""
+        liveness.wait_ended()
+        if not self.enabled or self.ready is None:
+            return
         if self.cuda:
-            self.waits.append((ready, self.now()))
+            self.waits.append((self.ready, self.now()))
         else:
-            self.seconds["gradient_wait"] += time.perf_counter() - ready
+            self.seconds["gradient_wait"] += time.perf_counter() - self.ready
+        self.ready = None
 
     def take(self) -> list[float]:
         """This rank's seconds per phase (in PHASES order) since the last take; counting starts anew.

@@ -81,7 +81,9 @@ class Trainer:
         # Same initial weights on every rank (seeded above); different dropout masks per rank.
         torch.manual_seed(cfg.seed + self.rank)
         self.clock = timing.RankClock(device, cfg.log.rank_times)
-        ddp_model = wrap_ddp(self.model, device, cfg.dist, self.clock)
+        ddp_model = wrap_ddp(self.model, device, cfg.dist)
+        if ddp_model is not self.model:  # backward computes the first layer's gradients last
+            self.clock.watch_gradients(list(self.model.layers[0].parameters()))
         # Every rank's shard has the same length (padded), hence the same number of steps.
         self.shard_len = len(shard_indices(torch.arange(len(self.data.train_labels)), self.rank, self.world_size))
         self.steps_per_epoch = -(-self.shard_len // self.per_rank_batch)
@@ -90,7 +92,16 @@ class Trainer:
         self.guard = guard.StopGuard(self.model, device)
         fault = fault_injection.planned_fault(self.rank)
         self.step = TrainStep(
-            tc, self.data, self.model, ddp_model, self.optimizer, self.schedule, self.guard, self.per_rank_batch, fault
+            tc,
+            self.data,
+            self.model,
+            ddp_model,
+            self.optimizer,
+            self.schedule,
+            self.guard,
+            self.per_rank_batch,
+            fault,
+            self.clock.gradients_reduced,
         )
         self.wandb_run: Any = None
 

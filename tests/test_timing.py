@@ -41,11 +41,14 @@ def test_the_straggler_record_and_line_name_rank_and_host():
 
 def test_the_clock_splits_a_step_loop_into_compute_wait_and_inner_phases():
     clock = timing.RankClock(torch.device("cpu"), enabled=True)
+    weight = torch.zeros(3, requires_grad=True)
+    (weight * 2).sum().backward()  # autograd's first call sets up its engine (milliseconds)
+    clock.watch_gradients([weight])
     clock.loop_started()
     time.sleep(0.05)  # compute
-    ready = clock.now()
-    time.sleep(0.03)  # waiting for the others' gradients
-    clock.gradients_reduced(ready)
+    (weight * 2).sum().backward()  # the hook: the last gradient is in
+    time.sleep(0.03)  # waiting for the others' gradients (DDP's all-reduce, inside backward)
+    clock.gradients_reduced()  # backward returned
     with clock.phase("snapshot", 1, 10):
         time.sleep(0.02)
     with clock.aside():  # e.g. the profiler writing its trace: neither compute nor a phase
