@@ -7,6 +7,7 @@
 set -euo pipefail
 # shellcheck source=launch/common.sh
 source "$(dirname "$0")/common.sh"
+check_config "$NPROC" "$@"
 # --standalone runs its own rendezvous on a free local port: no address or port to pick.
 exec "$python" -m torch.distributed.run --standalone --nproc_per_node="$NPROC" \
     --max-restarts="${MAX_RESTARTS:-3}" -m mnist_ddp.train "$@"

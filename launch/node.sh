@@ -15,6 +15,8 @@ set -euo pipefail
 # shellcheck source=launch/common.sh
 source "$(dirname "$0")/common.sh"
 nnodes=${NNODES:-${SLURM_NNODES:-1}}
+whole_number NNODES "$nnodes" 1
+check_config $((nnodes * NPROC)) "$@"
 if [ -z "${RDZV_ENDPOINT:-}" ]; then
     if [ -n "${SLURM_JOB_NODELIST:-}" ]; then
         head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)

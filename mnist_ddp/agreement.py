@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import socket
-from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 import mnist_ddp
-from mnist_ddp.config import Config, to_dict
+from mnist_ddp.config import Config, flat_config, to_dict
 from mnist_ddp.errors import InputError
 
 # Settings that may differ between ranks: where each node finds its files (the data's content
@@ -55,22 +54,11 @@ def code_fingerprint() -> str:
     return f"mnist_ddp {mnist_ddp.__version__} (sources {digest.hexdigest()[:12]})"
 
 
-def flat_items(node: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """A nested dict as dotted keys and printable values."""
-    items: dict[str, str] = {}
-    for key, value in node.items():
-        if isinstance(value, Mapping):
-            items.update(flat_items(value, f"{prefix}{key}."))
-        else:
-            items[f"{prefix}{key}"] = str(value)
-    return items
-
-
 def job_items(cfg: Config) -> dict[str, str]:
     """What every rank must share before it starts: the settings that change what it computes, the code, torch."""
     settings = {
         k: v
-        for k, v in flat_items(to_dict(cfg)).items()
+        for k, v in flat_config(to_dict(cfg)).items()
         if k not in MAY_DIFFER and not k.startswith(MAY_DIFFER_SECTIONS)
     }
     return {**settings, "code": code_fingerprint(), "torch": torch.__version__}

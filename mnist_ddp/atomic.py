@@ -26,9 +26,33 @@ os.umask(CURRENT_UMASK)
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
 
 
+# What to do about a refused write, by its cause.
+ADVICE = {
+    errno.ENOSPC: "free some space or choose another output folder",
+    errno.EDQUOT: "free some space (your quota) or choose another output folder",
+    errno.EFBIG: "free some space or choose another output folder",
+    errno.EROFS: "the file system is read-only here; choose another output folder",
+    errno.EACCES: "you may not write there; make it writable or choose another output folder",
+    errno.EPERM: "you may not write there; make it writable or choose another output folder",
+    errno.ENAMETOOLONG: "a name in the path is too long; choose a shorter output folder",
+}
+
+
 def output_error(path: Path, e: OSError) -> OutputError:
-    """The one-line error for a write to ``path`` that the system refused."""
-    return OutputError(f"cannot write {path}: {e.strerror or e}; free some space or choose another output folder")
+    """The one-line error for a write to ``path`` that the system refused, with advice for its cause."""
+    advice = ADVICE.get(e.errno or 0, "choose another output folder")
+    return OutputError(f"cannot write {path}: {e.strerror or e}; {advice}")
+
+
+def check_writable(folder: Path) -> None:
+    """Create a file in ``folder`` (which exists) and delete it again: an OutputError now, naming
+    the folder and the cause, instead of at the first write an epoch later."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-check.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise output_error(folder, e) from None
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:

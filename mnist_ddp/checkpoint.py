@@ -12,6 +12,8 @@ strings and numbers only (RNG states as tensors, the config as a plain dict). Ra
 
 from __future__ import annotations
 
+import hashlib
+import json
 import pickle
 import re
 import zipfile
@@ -23,31 +25,48 @@ import torch
 from torch import nn
 
 from mnist_ddp.atomic import atomic_torch_save, atomic_write_text
+from mnist_ddp.config import flat_config
 from mnist_ddp.console import warn
 from mnist_ddp.errors import InputError, first_line
 
 FORMAT = "mnist_ddp.snapshot/1"
 SNAPSHOT_RE = re.compile(r"step_(\d{7,})\.pt")
-# Keys that must match for a snapshot to continue this run exactly (or at all). The last five
-# live in the optimizer's saved state, which a resumed run restores: a new value would be
-# recorded in config.yaml and then not used.
-MUST_MATCH = (
-    "seed",
-    "data.dataset",
-    "data.split",
-    "data.seed_train_size",
-    "data.seed_test_size",
-    "model.hidden",
-    "train.epochs",
-    "train.batch_size",
-    "train.optimizer",
-    "train.schedule",
-    "train.lr",
-    "train.momentum",
-    "train.nesterov",
-    "train.weight_decay",
-    "train.beta2",
+# Settings a resumed run may change: where outputs and data are (the data's content is checked
+# by its fingerprint), how it runs (device, threads, compilation, timeouts, how often it checks,
+# evaluates and snapshots), and what it reports (logging, wandb, profiles). Every other setting
+# changes what training computes and must equal the snapshot's, or the resume is refused.
+SAFE_ON_RESUME = (
+    "run.dir",
+    "resume",
+    "data.root",
+    "data.format",
+    "data.download",
+    "data.mirrors",
+    "data.download_timeout_seconds",
+    "train.device",
+    "train.threads",
+    "train.compile",
+    "train.cuda_graphs",
+    "train.eval_batch_size",
+    "train.eval_every_epochs",
+    "dist.backend",
+    "dist.timeout_seconds",
+    "dist.liveness_seconds",
+    "dist.straggler_factor",
+    "dist.bucket_cap_mb",
 )
+SAFE_SECTIONS = ("checkpoint.", "log.", "wandb.", "profile.")
+
+
+def must_match(config: dict[str, Any]) -> dict[str, str]:
+    """The settings of ``config`` that a resumed run must share with its snapshot, as dotted keys."""
+    return {k: v for k, v in flat_config(config).items() if k not in SAFE_ON_RESUME and not k.startswith(SAFE_SECTIONS)}
+
+
+def config_identity(config: dict[str, Any]) -> str:
+    """A short hash of what a run computes (:func:`must_match`): the same command, the same identity."""
+    text = json.dumps(must_match(config), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 @dataclass
@@ -62,6 +81,8 @@ class Progress:
     # resumed run did not take those steps itself. Rank 0 carries it; other ranks hold 0.
     loss_carry: float = 0.0
     resumed_at: int = 0  # the step of the current epoch this process started from
+    # Every finished epoch's training, recorded or not (train.eval_every_epochs): epochs, seconds, images.
+    trained: dict[str, float] = field(default_factory=lambda: {"epochs": 0, "seconds": 0.0, "images": 0})
 
     def start_next_epoch(self) -> None:
         """Move to the first step of the next epoch."""
@@ -81,6 +102,7 @@ class Snapshot:
     config: dict[str, Any]
     in_features: int
     wandb_run_id: str | None
+    data: dict[str, str] | None = None  # the data's fingerprint (shapes and checksums); None in older snapshots
     path: Path | None = None  # where it was read from
 
     @property
@@ -107,6 +129,8 @@ class Snapshot:
             "in_features": self.in_features,
             "config": self.config,
             "wandb_run_id": self.wandb_run_id,
+            "data": self.data,
+            "trained": p.trained,
         }
 
     @classmethod
@@ -123,6 +147,12 @@ class Snapshot:
                 loss_carry=state["epoch_loss_sum"],
                 resumed_at=state["step_in_epoch"],
             )
+            # Older snapshots did not count epochs that were not recorded: their records are the best count.
+            progress.trained = state.get("trained") or {
+                "epochs": len(progress.records),
+                "seconds": sum(r["train_seconds"] for r in progress.records),
+                "images": sum(r["samples_per_second"] * r["train_seconds"] for r in progress.records),
+            }
             return cls(
                 progress=progress,
                 model=state["model"],
@@ -133,6 +163,7 @@ class Snapshot:
                 config=state["config"],
                 in_features=state["in_features"],
                 wandb_run_id=state.get("wandb_run_id"),
+                data=state.get("data"),
                 path=path,
             )
         except KeyError as e:
@@ -184,6 +215,50 @@ def read_weights(path: Path) -> SavedWeights:
     return SavedWeights(state, saved["config"], saved["in_features"])
 
 
+# What a saved model's config may decide when it is evaluated: the model, and which data split it
+# is scored on. Where the data comes from (data.root, mirrors, downloads), the device and the
+# backend are the user's to choose (command line, environment, defaults), never a file's.
+DESCRIBES_THE_MODEL = (
+    "seed",
+    "data.dataset",
+    "data.split",
+    "data.seed_train_size",
+    "data.seed_test_size",
+    "model.hidden",
+    "model.dropout",
+)
+
+
+def model_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of a saved config that DESCRIBES_THE_MODEL, as a nested dict."""
+    kept: dict[str, Any] = {}
+    for dotted in DESCRIBES_THE_MODEL:
+        section, _, key = dotted.rpartition(".")
+        source = config.get(section, {}) if section else config
+        if isinstance(source, dict) and key in source:
+            (kept.setdefault(section, {}) if section else kept)[key] = source[key]
+    return kept
+
+
+def load_weights_into(model: nn.Module, state_dict: dict[str, torch.Tensor], label: str) -> None:
+    """``model.load_state_dict``; weights that do not fit are one line naming the tensors and their shapes."""
+    expected = model.state_dict()
+    problems = [
+        f"{name} is {'x'.join(map(str, tensor.shape))} in the checkpoint, {'x'.join(map(str, expected[name].shape))}"
+        " in the model"
+        for name, tensor in state_dict.items()
+        if name in expected and tensor.shape != expected[name].shape
+    ]
+    problems += [f"{name} is missing" for name in expected if name not in state_dict]
+    problems += [f"{name} is unknown to the model" for name in state_dict if name not in expected]
+    if problems:
+        more = f" (and {len(problems) - 2} more)" if len(problems) > 2 else ""
+        raise InputError(
+            f"{label}: its weights do not fit the model its config describes: {'; '.join(problems[:2])}{more}"
+        )
+    model.load_state_dict(state_dict)
+
+
 def snapshot_dir(run_dir: Path) -> Path:
     """Where a run keeps its snapshots."""
     return run_dir / "checkpoints"
@@ -228,25 +303,33 @@ def read_snapshot(path: Path) -> Snapshot:
     return Snapshot.from_file(state, path)
 
 
-def lookup(config: dict[str, Any], dotted: str) -> Any:
-    """config['a']['b'] for 'a.b'."""
-    node: Any = config
-    for part in dotted.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
+def check_compatible(
+    snapshot: Snapshot, config: dict[str, Any], in_features: int, data: dict[str, str] | None = None
+) -> None:
+    """Refuse a snapshot of another model, another computation or other data than this run's.
 
-
-def check_compatible(snapshot: Snapshot, config: dict[str, Any], in_features: int) -> None:
-    """Refuse a snapshot of another model or of a run this config cannot continue."""
-    for key in MUST_MATCH:
-        saved, now = lookup(snapshot.config, key), lookup(config, key)
-        if saved != now:
-            raise InputError(
-                f"{snapshot.path} was saved with {key}={saved}, this run has {key}={now};"
-                f" set {key}={saved} to continue it, or start over in another run.dir"
-            )
+    Every setting outside SAFE_ON_RESUME must be the snapshot's (a key the snapshot's config
+    does not have yet, from an older version, is not compared), and so must the data's
+    fingerprint when the snapshot recorded one.
+    """
+    saved, now = must_match(snapshot.config), must_match(config)
+    changed = [k for k in now if k in saved and saved[k] != now[k]]
+    if changed:
+        key, more = changed[0], changed[1:]
+        also = f" (and {', '.join(more)})" if more else ""
+        raise InputError(
+            f"{snapshot.path} was saved with {key}={saved[key]}, this run has {key}={now[key]}{also};"
+            f" set {key}={saved[key]} to continue it, or start over in another run.dir"
+        )
     if snapshot.in_features != in_features:
         raise InputError(f"{snapshot.path} is a model of {snapshot.in_features} inputs, this data has {in_features}")
+    if snapshot.data and data:
+        for item, value in data.items():
+            if snapshot.data.get(item, value) != value:
+                raise InputError(
+                    f"{snapshot.path} was trained on other data: its {item} was {snapshot.data[item]}, this run's is"
+                    f" {value}; point data.root at the files it trained on, or start over in another run.dir"
+                )
 
 
 def find_snapshot(resume: str, run_dir: Path | None, log: Any = warn) -> Snapshot | None:
@@ -265,10 +348,9 @@ def find_snapshot(resume: str, run_dir: Path | None, log: Any = warn) -> Snapsho
         return None
     folder = snapshot_dir(run_dir)
     candidates = snapshot_paths(folder)
-    pointer = folder / "latest"
-    if pointer.is_file():  # what `latest` names first, then the rest by step
-        named = folder / pointer.read_text().strip()
-        candidates = [named] + [p for p in candidates if p != named]
+    named = read_latest(folder / "latest")
+    if named is not None:  # what `latest` names first, then the rest by step
+        candidates = [folder / named] + [p for p in candidates if p != folder / named]
     if not candidates:
         return None
     problems = []
@@ -282,6 +364,16 @@ def find_snapshot(resume: str, run_dir: Path | None, log: Any = warn) -> Snapsho
         f"no readable snapshot in {folder} ({len(problems)} tried); resume=none starts over once you delete them,"
         " or choose another run.dir"
     )
+
+
+def read_latest(pointer: Path) -> str | None:
+    """The snapshot name that ``latest`` holds; None when it is missing, empty or not a snapshot's
+    name (damaged, other bytes): it is only a hint, and the snapshots themselves are read anyway."""
+    try:
+        name = pointer.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return name if SNAPSHOT_RE.fullmatch(name) else None
 
 
 def check_one_timeline(resume: str, resume_from: Snapshot | None, run_dir: Path) -> None:

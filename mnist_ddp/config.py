@@ -24,6 +24,8 @@ from mnist_ddp.download import DATA_ENV_VAR, MNIST_MIRRORS
 from mnist_ddp.errors import InputError, first_line
 
 MAX_WIDTH = 65_536  # a hidden layer wider than this needs gigabytes per weight matrix
+NAME_MAX = 255  # bytes in one file name (Linux, most file systems)
+PATH_KEYS = ("run.dir", "data.root", "resume")
 MAX_SECONDS = 7 * 24 * 3600
 IN_SECONDS = f"greater than 0 and at most {MAX_SECONDS} (a week)"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -141,7 +143,9 @@ class ProfileConfig:
 
 @dataclass
 class RunConfig:
-    dir: str = doc("output folder; empty: runs/<timestamp>, or runs/<torchrun run id> under torchrun", "")
+    dir: str = doc(
+        "output folder; empty: runs/<dataset>-<hash of the settings>, so the same command resumes the same run", ""
+    )
 
 
 @dataclass
@@ -210,14 +214,25 @@ def check_known_keys(node: Any, source: str) -> None:
 
 
 def parse_overrides(overrides: list[str]) -> DictConfig:
-    """Turn ``key=value`` strings into a config tree, rejecting anything else."""
+    """Turn ``key=value`` strings into a config tree, rejecting anything else.
+
+    A key whose value is text (run.dir, data.root, resume, wandb.name, ...) takes everything
+    after the ``=`` as it is: read as YAML, ``runs/exp #1`` would lose its comment-like tail,
+    ``0755`` would become 493 and ``true`` True. Other keys are read as YAML (numbers, lists).
+    """
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise InputError(f"expected a key=value override, got '{item}' (e.g. train.epochs=5)")
+    text_keys = {key for key, (default, _) in all_keys().items() if isinstance(default, str)}
+    verbatim = [item for item in overrides if item.partition("=")[0] in text_keys]
     try:
-        return OmegaConf.from_dotlist(overrides)
+        tree = OmegaConf.from_dotlist([item for item in overrides if item not in verbatim])
+        for item in verbatim:
+            key, _, value = item.partition("=")
+            OmegaConf.update(tree, key, value, merge=True)
     except (OmegaConfBaseException, YAMLError) as e:
         raise InputError(f"could not parse the overrides {overrides}: {first_line(e)}") from None
+    return tree
 
 
 def load_yaml(path: Path) -> DictConfig:
@@ -266,13 +281,65 @@ def check_finite(node: Any, prefix: str = "") -> None:
             raise InputError(f"config key '{prefix}{f.name}' is {value}; it must be a finite number")
 
 
+def check_text(key: str, value: str) -> None:
+    """Text that can be written to config.yaml and JSON: UTF-8 (a name with other bytes arrives
+    from the shell as unencodable surrogates); for file paths, names the file system takes."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise InputError(f"config key '{key}' is '{shown}', which is not UTF-8 text; use a UTF-8 name") from None
+    if key in PATH_KEYS:
+        check_path_names(f"config key '{key}'", value)
+
+
+def check_path_names(what: str, path: str) -> None:
+    """Every name in ``path`` within the file system's limit (NAME_MAX, 255 bytes on Linux)."""
+    for name in Path(path).parts:
+        if len(os.fsencode(name)) > NAME_MAX:
+            raise InputError(
+                f"{what}: the name {name[:40]}... is {len(os.fsencode(name))} bytes, longer than the {NAME_MAX} a file"
+                " name may have; choose a shorter one"
+            )
+
+
+def per_rank_batch(batch_size: int, world_size: int) -> int:
+    """Each rank's share of the global batch, which must split evenly."""
+    if batch_size % world_size:
+        raise InputError(
+            f"train.batch_size={batch_size} does not split evenly across {world_size} ranks;"
+            f" use a multiple of {world_size}"
+        )
+    return batch_size // world_size
+
+
+def check_world_size(tc: TrainConfig, world_size: int) -> int:
+    """What the config needs of the number of ranks (the launch scripts check it before torchrun
+    starts workers, which would each fail alike, after every restart); each rank's batch."""
+    batch = per_rank_batch(tc.batch_size, world_size)
+    if batch % tc.accumulate_steps:
+        raise InputError(
+            f"train.accumulate_steps={tc.accumulate_steps} does not split the {batch} images per rank"
+            " per step evenly; use a divisor of train.batch_size / ranks"
+        )
+    if tc.cuda_graphs and world_size > 1:
+        raise InputError(
+            f"train.cuda_graphs=true needs one CUDA rank (here: {world_size} ranks); set train.cuda_graphs=false"
+        )
+    return batch
+
+
 def validate(cfg: Config) -> None:
     """Reject impossible values before any work starts, including ones numpy, torch or the
     standard library would only reject minutes later (seeds, infinities, absurd sizes)."""
+    tree = OmegaConf.structured(cfg)
     for key, allowed in CHOICES.items():
-        value = OmegaConf.select(OmegaConf.structured(cfg), key)
+        value = OmegaConf.select(tree, key)
         if value not in allowed:
             raise InputError(f"config key '{key}' is {value!r}; choose one of: {', '.join(allowed)}")
+    for key, (default, _) in all_keys().items():
+        if isinstance(default, str):
+            check_text(key, OmegaConf.select(tree, key))
     check_finite(cfg)
     t, m, d = cfg.train, cfg.model, cfg.data
     checks = [
@@ -363,6 +430,17 @@ def load_config(
     return config
 
 
+def flat_config(node: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """A nested config dict as dotted keys and printable values ('train.lr': '0.006')."""
+    items: dict[str, str] = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            items.update(flat_config(value, f"{prefix}{key}."))
+        else:
+            items[f"{prefix}{key}"] = str(value)
+    return items
+
+
 def to_dict(cfg: Config) -> dict[str, Any]:
     """The config as plain nested dicts and lists (safe for YAML, JSON and weights-only torch.load)."""
     container = OmegaConf.to_container(OmegaConf.structured(cfg))
@@ -387,10 +465,19 @@ def help_text() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m mnist_ddp.config [--config FILE] [key=value ...]``: print the resolved config as
-    YAML, or its one-line error (exit 2). The launch scripts run it before torchrun starts workers."""
+    """``python -m mnist_ddp.config [--world-size N] [--config FILE] [key=value ...]``: print the
+    resolved config as YAML, or its one-line error (exit 2). The launch scripts run it before
+    torchrun starts workers, with the number of ranks they will start."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    world_size = 1
     try:
-        cfg = parse_args(argv, prog="python -m mnist_ddp.config")
+        if args and args[0].startswith("--world-size"):
+            value = args.pop(0).partition("=")[2] or (args.pop(0) if args else "")
+            if not value.isdigit() or int(value) < 1:
+                raise InputError(f"--world-size={value!r}: give the number of ranks, a whole number of at least 1")
+            world_size = int(value)
+        cfg = parse_args(args, prog="python -m mnist_ddp.config")
+        check_world_size(cfg.train, world_size)
     except InputError as e:
         sys.stderr.write(f"error: {e}\n")
         return e.exit_code

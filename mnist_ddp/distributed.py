@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from mnist_ddp import liveness, rendezvous
 from mnist_ddp.config import DistConfig
-from mnist_ddp.errors import InputError, PeerFailed, first_line
+from mnist_ddp.errors import InputError, JobError, PeerFailed, first_line
 
 
 @dataclass(frozen=True)
@@ -296,17 +296,7 @@ def all_gather_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:
     return parts
 
 
-def per_rank_batch_size(batch_size: int, world_size: int) -> int:
-    """Each rank's share of the global batch, which must split evenly."""
-    if batch_size % world_size:
-        raise InputError(
-            f"train.batch_size={batch_size} does not split evenly across {world_size} ranks;"
-            f" use a multiple of {world_size}"
-        )
-    return batch_size // world_size
-
-
-def raise_unless_all_ok(error: InputError | None, device: torch.device) -> None:
+def raise_unless_all_ok(error: JobError | None, device: torch.device) -> None:
     """Every rank calls this after a step that may fail on some ranks only (a download, a file read).
 
     All ranks learn whether any failed, so none goes on to wait in a collective that a
@@ -326,7 +316,7 @@ def raise_unless_all_ok(error: InputError | None, device: torch.device) -> None:
 
 @contextmanager
 def fail_together(device: torch.device) -> Iterator[None]:
-    """Every rank runs the block; if it raised an InputError on any rank, every rank raises.
+    """Every rank runs the block; if it raised a JobError on any rank, every rank raises.
 
     For work that may fail on some ranks only (a download, a file read, a folder to create):
     no rank goes on to wait in a collective that a failed peer will never reach.
@@ -334,7 +324,7 @@ def fail_together(device: torch.device) -> Iterator[None]:
     error = None
     try:
         yield
-    except InputError as e:
+    except JobError as e:  # bad input (2), an output that cannot be written (74)
         error = e
     raise_unless_all_ok(error, device)
 

@@ -28,14 +28,31 @@ from mnist_ddp.errors import EXIT_CRASH, EXIT_INTERRUPTED, JobError, first_line
 DEBUG_ENV = "MNIST_DDP_DEBUG"
 
 
+# Where tracebacks go once the run's folder is known (keep_tracebacks_in); the temp folder before.
+traceback_dir: Path | None = None
+
+
+def keep_tracebacks_in(folder: Path | None) -> None:
+    """Write the traceback of an unexpected error into ``folder`` (the run's) from now on."""
+    global traceback_dir
+    traceback_dir = folder
+
+
 def save_traceback(command: str, rank: int) -> Path | None:
-    """Write the exception being handled, traceback and all, to a file; its path (None if unwritable)."""
-    path = Path(tempfile.gettempdir()) / f"mnist_ddp-{command}-rank{rank}-{os.getpid()}.traceback"
-    try:
-        path.write_text(traceback.format_exc())
-    except OSError:
-        return None
-    return path
+    """Write the exception being handled, traceback and all, to a new file; its path (None if unwritable).
+
+    The file is created new under an unpredictable name (mkstemp: O_EXCL, mode 0600), so a link
+    planted at a guessable name cannot redirect the write.
+    """
+    for folder in (traceback_dir, None):  # None: the temp folder
+        try:
+            fd, name = tempfile.mkstemp(prefix=f"mnist_ddp-{command}-rank{rank}-", suffix=".traceback", dir=folder)
+        except OSError:
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(traceback.format_exc())
+        return Path(name)
+    return None
 
 
 def report_unexpected(e: Exception, command: str, rank: int = 0, world_size: int = 1) -> int:
@@ -94,6 +111,7 @@ def run_command(
     except Exception as e:
         return report_unexpected(e, command, launch.rank, launch.world_size)
     finally:
+        keep_tracebacks_in(None)
         liveness.stop(clean)
         distributed.shutdown(clean)
     return 0

@@ -62,10 +62,15 @@ class Preempted(JobError):
 
 
 class Interrupted(JobError):
-    """Ctrl-C: stopped at an agreed step with a snapshot, or at once on a second Ctrl-C."""
+    """A signal from the user's session (Ctrl-C, a closed terminal, Ctrl-\\): stopped at an agreed
+    step with a snapshot. The exit code is 128 + the signal, as shells report it."""
 
     exit_code = EXIT_INTERRUPTED
     label = "interrupted"
+
+    def __init__(self, message: str, signum: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
 
 
 def first_line(e: BaseException) -> str:

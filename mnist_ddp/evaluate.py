@@ -3,8 +3,10 @@
     python -m mnist_ddp.evaluate checkpoint=PATH [out=DIR] [key=value ...]
     torchrun --nproc_per_node=4 -m mnist_ddp.evaluate checkpoint=PATH
 
-PATH is a run's model.pt or any snapshot. The model and data come from the config saved with
-it; ``key=value`` overrides change the data (e.g. data.root=...). Counting is exact across
+PATH is a run's model.pt or any snapshot. The model, and which split it is scored on, come from
+the config saved with it; where the data is (data.root, else $MNIST_DDP_DATA, else ./data),
+the device and everything else come from the command line and the defaults, never from the
+file: ``key=value`` overrides set them (e.g. data.root=...). Counting is exact across
 ranks, as in training. Rank 0 prints accuracy, per-class accuracy and the confusion matrix,
 and writes evaluation.json and PNGs to DIR (default: a plots folder beside PATH).
 """
@@ -20,12 +22,12 @@ import torch
 
 from mnist_ddp import agreement, distributed, plots
 from mnist_ddp.atomic import atomic_write_json
-from mnist_ddp.checkpoint import SavedWeights, read_weights
-from mnist_ddp.config import Config, load_config
+from mnist_ddp.checkpoint import SavedWeights, load_weights_into, model_settings, read_weights
+from mnist_ddp.config import Config, check_path_names, load_config
 from mnist_ddp.console import say
 from mnist_ddp.data import load_on_every_rank
 from mnist_ddp.entry import run_command
-from mnist_ddp.errors import InputError, first_line
+from mnist_ddp.errors import InputError
 from mnist_ddp.evaluation import confusion_text, evaluate_across_ranks
 from mnist_ddp.model import build_model
 from mnist_ddp.rundir import check_output_folder
@@ -49,11 +51,13 @@ def evaluate_checkpoint(
     """Load the weights on every rank, score the test split across ranks, report on rank 0."""
     data = load_on_every_rank(cfg.data, cfg.seed, launch.local_rank, launch.world_size, device)
     agreement.check_ranks_agree(data.fingerprint())
+    if saved.in_features != data.in_features:
+        raise InputError(
+            f"the checkpoint's model takes {saved.in_features} pixels per image, the data has {data.in_features}"
+            f" ({data.source}); evaluate it on the data it was trained on (data.dataset)"
+        )
     model = build_model(cfg, data.in_features).to(device)
-    try:
-        model.load_state_dict(saved.state_dict)
-    except RuntimeError as e:
-        raise InputError(f"the checkpoint does not fit this model/data: {first_line(e)}") from None
+    load_weights_into(model, saved.state_dict, "checkpoint")
     counts = evaluate_across_ranks(
         model, data.test_images, data.test_labels, cfg.train.eval_batch_size, launch.rank, launch.world_size
     )
@@ -83,10 +87,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def parse() -> Config:
         checkpoint, out, overrides = split_arguments(argv if argv is not None else sys.argv[1:])
+        check_path_names(f"checkpoint={checkpoint}", str(checkpoint))
         saved = read_weights(checkpoint)
         context.update(saved=saved, out=out or checkpoint.parent / "plots")
         check_output_folder(context["out"], "out")
-        return load_config(overrides=overrides, base=saved.config)
+        # The checkpoint describes the model; data location, device and backend are the user's.
+        return load_config(overrides=overrides, base=model_settings(saved.config))
 
     return run_command(
         parse,

@@ -1,11 +1,13 @@
 """Test-only fault injection, driven by environment variables so no user-facing key exists.
 
-MNIST_DDP_TEST_FAULT="KIND:RANK:STEP[:SECONDS]" makes that rank, at that global step:
+MNIST_DDP_TEST_FAULT="KIND:RANK:STEP[:ARG]" makes that rank, at that global step:
   raise  raise an exception (a crashing worker);
   kill   SIGKILL itself (a killed worker that torchrun restarts);
   nan    poison the loss with NaN (a diverging run);
-  hang   sleep in Python for SECONDS (default: for good), a rank stuck while the others wait;
-  slow   sleep SECONDS in every step from this one on (a straggler).
+  hang   sleep in Python for ARG seconds (default: for good), a rank stuck while the others wait;
+  slow   sleep ARG seconds in every step from this one on (a straggler);
+  signal send itself the signal named ARG (SIGHUP, SIGTERM, ...), as a closed terminal or a
+         scheduler would, at a step the test knows.
 kill and hang strike on torchrun's first attempt only, so that the restarted workers get through.
 MNIST_DDP_TEST_PRINT_HASH=1 makes every rank print its final parameter hash.
 """
@@ -21,14 +23,18 @@ import torch
 
 FAULT_ENV = "MNIST_DDP_TEST_FAULT"
 PRINT_HASH_ENV = "MNIST_DDP_TEST_PRINT_HASH"
-KINDS = ("raise", "kill", "nan", "hang", "slow")
+KINDS = ("raise", "kill", "nan", "hang", "slow", "signal")
 
 
 @dataclass(frozen=True)
 class Fault:
     kind: str
     step: int
-    seconds: float = 1e9
+    arg: str = ""  # seconds for hang and slow, a signal's name for signal
+
+    @property
+    def seconds(self) -> float:
+        return float(self.arg) if self.arg else 1e9
 
 
 def planned_fault(rank: int) -> Fault | None:
@@ -36,14 +42,14 @@ def planned_fault(rank: int) -> Fault | None:
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return None
-    kind, fault_rank, step, *seconds = spec.split(":")
+    kind, fault_rank, step, *arg = spec.split(":")
     if kind not in KINDS:
         raise ValueError(f"{FAULT_ENV}={spec!r}: kind must be one of {KINDS}")
     if int(fault_rank) != rank:
         return None
     if kind in ("kill", "hang") and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
         return None  # the restarted worker must get through
-    return Fault(kind, int(step), *map(float, seconds))
+    return Fault(kind, int(step), *arg)
 
 
 def inject(fault: Fault | None, step: int, loss: torch.Tensor | None) -> torch.Tensor | None:
@@ -57,6 +63,9 @@ def inject(fault: Fault | None, step: int, loss: torch.Tensor | None) -> torch.T
         return loss
     if fault.kind == "hang":
         time.sleep(fault.seconds)
+        return loss
+    if fault.kind == "signal":
+        os.kill(os.getpid(), signal.Signals[fault.arg])
         return loss
     if fault.kind == "raise":
         raise RuntimeError(f"test fault: rank fails at step {step}")

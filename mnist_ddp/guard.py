@@ -1,6 +1,9 @@
-"""Stopping together: preemption signals, Ctrl-C and the non-finite guard, agreed across ranks.
+"""Stopping together: preemption signals, the user's session signals and the non-finite guard,
+agreed across ranks.
 
-A signal (SIGTERM or SIGUSR1 for preemption, SIGINT for Ctrl-C) only sets a flag. At fixed
+A signal only sets a flag: SIGTERM or SIGUSR1 for a preemption (SLURM, a scheduler, torchrun's
+agent), and SIGINT (Ctrl-C), SIGHUP (a closed terminal or ssh session) or SIGQUIT (Ctrl-\\)
+from the user's session; torchrun forwards all of them to its workers. At fixed
 global steps every rank contributes its flag and whether it has seen a non-finite loss or
 weight to one all_reduce, so all ranks take the same decision at the same step and nobody
 waits in a collective alone. A second Ctrl-C stops at once (KeyboardInterrupt).
@@ -13,6 +16,7 @@ steps. Before a snapshot is written the ranks agree without that lag (:func:`agr
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -28,14 +32,21 @@ from mnist_ddp.console import say, warn
 from mnist_ddp.distributed import all_reduce_max
 
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-STOP_SIGNALS = (*PREEMPTION_SIGNALS, signal.SIGINT)
+# Stop with a snapshot and exit 128 + the signal, as a shell reports it; never requeue.
+SESSION_SIGNALS = (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+STOP_SIGNALS = (*PREEMPTION_SIGNALS, *SESSION_SIGNALS)
+SESSION_SIGNAL_NAMES = {
+    signal.SIGINT: "Ctrl-C",
+    signal.SIGHUP: "SIGHUP (the terminal or ssh session closed)",
+    signal.SIGQUIT: "SIGQUIT (Ctrl-\\)",
+}
 NO_BAD_STEP = 2**62
 # One Ctrl-C reaches a torchrun worker twice within milliseconds (from the terminal and from
 # the agent, which forwards it); a second SIGINT counts as a new Ctrl-C only after this long.
 SAME_CTRL_C_SECONDS = 1.0
-# What a rank contributes to the agreement: nothing, a Ctrl-C, a preemption (which wins: the
-# job is requeued only for a preemption).
-NO_STOP, INTERRUPT, PREEMPT = 0, 1, 2
+# What a rank contributes to the agreement: nothing, the number of a session signal, or a
+# preemption, which wins the maximum (the job is requeued only for a preemption).
+NO_STOP, PREEMPT = 0, 1000
 
 stop_signal: int | None = None  # the signal that asked this rank to stop (a preemption one first)
 ctrl_c_at: float | None = None
@@ -53,7 +64,8 @@ def request_stop(signum: int, frame: FrameType | None) -> None:
             raise KeyboardInterrupt
         if ctrl_c_at is None and os.environ.get("RANK", "0") == "0":
             # os.write, not print: a handler may run in the middle of another write to stdout.
-            os.write(2, b"Ctrl-C: stopping with a snapshot at the next check; Ctrl-C again to stop at once\n")
+            with contextlib.suppress(OSError):  # a terminal that is gone
+                os.write(2, b"Ctrl-C: stopping with a snapshot at the next check; Ctrl-C again to stop at once\n")
         ctrl_c_at = ctrl_c_at or now
     if stop_signal is None or signum in PREEMPTION_SIGNALS:
         stop_signal = signum
@@ -68,10 +80,10 @@ def install_signal_handlers() -> None:
 
 
 def stop_request() -> int:
-    """This rank's contribution to the agreement: NO_STOP, INTERRUPT or PREEMPT."""
+    """This rank's contribution to the agreement: NO_STOP, a session signal's number, or PREEMPT."""
     if stop_signal is None:
         return NO_STOP
-    return INTERRUPT if stop_signal == signal.SIGINT else PREEMPT
+    return PREEMPT if stop_signal in PREEMPTION_SIGNALS else int(stop_signal)
 
 
 @dataclass
@@ -80,7 +92,7 @@ class Decision:
 
     stop: bool
     first_bad_step: int | None  # the earliest step any rank saw a non-finite loss or weights
-    interrupted: bool = False  # the stop is a Ctrl-C, not a preemption: no requeue
+    interrupted_by: int | None = None  # the session signal that stopped the run (no preemption: no requeue)
 
 
 def track_loss(first_bad: torch.Tensor, loss: torch.Tensor, step: int | torch.Tensor) -> torch.Tensor:
@@ -118,10 +130,11 @@ def finish_check(pending: PendingCheck) -> Decision:
         pending.done.synchronize()
     flags = pending.flags.tolist()
     first_bad_step = int(-flags[1])
+    request = int(flags[0])
     return Decision(
-        stop=flags[0] > NO_STOP,
+        stop=request > NO_STOP,
         first_bad_step=None if first_bad_step >= NO_BAD_STEP else first_bad_step,
-        interrupted=flags[0] == INTERRUPT,
+        interrupted_by=request if NO_STOP < request < PREEMPT else None,
     )
 
 

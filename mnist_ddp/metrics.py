@@ -101,11 +101,16 @@ def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
         raise output_error(path, e) from None
 
 
-def build_summary(records: list[dict[str, Any]], final: EvalCounts, world_size: int) -> dict[str, Any]:
-    """summary.json's contents: final and best accuracy, throughput and timings."""
+def build_summary(
+    records: list[dict[str, Any]], final: EvalCounts, world_size: int, trained: dict[str, float]
+) -> dict[str, Any]:
+    """summary.json's contents: final and best accuracy, throughput and timings.
+
+    Epochs, seconds and images count every epoch trained (``trained``), also those that
+    train.eval_every_epochs left without a record.
+    """
     best = max(records, key=lambda r: r["test_accuracy"])
-    train_seconds = sum(r["train_seconds"] for r in records)
-    samples = sum(r["samples_per_second"] * r["train_seconds"] for r in records)
+    train_seconds, samples = trained["seconds"], trained["images"]
     reached = {
         f"{m:.3f}": next((r["elapsed_seconds"] for r in records if r["test_accuracy"] >= m), None)
         for m in ACCURACY_MILESTONES
@@ -117,7 +122,7 @@ def build_summary(records: list[dict[str, Any]], final: EvalCounts, world_size: 
         "test_loss": final.loss,
         "test_examples": final.examples,
         "per_class_accuracy": final.per_class_accuracy,
-        "epochs": len(records),
+        "epochs": int(trained["epochs"]),
         "world_size": world_size,
         "samples_per_second": samples / train_seconds if train_seconds > 0 else 0.0,
         "train_seconds": train_seconds,

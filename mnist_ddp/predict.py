@@ -1,10 +1,11 @@
 """Predict the digit in image files: ``python -m mnist_ddp.predict checkpoint=PATH IMAGE...``.
 
-Any size, white-on-black or black-on-white: each image is turned into what MNIST holds (a
-white digit on black, fitted into a 20x20 box and centred by mass in 28x28) before the model
-sees it; ink drawn on a transparent background counts. Prints the predicted digit and the
-top-3 probabilities per file. An unreadable, oversized or blank image gets a one-line error;
-the others are still predicted, and the exit code is then 2.
+Any size, white-on-black or black-on-white, any image mode Pillow reads (8-bit, 16-bit, float,
+1-bit, palette, with or without alpha): each image is turned into what MNIST holds (a white
+digit on black, its ink stretched to the full 0-255 range, fitted into a 20x20 box and centred
+by mass in 28x28) before the model sees it; ink drawn on a transparent background counts.
+Prints the predicted digit and the top-3 probabilities per file. An unreadable, oversized or
+blank image gets a one-line error; the others are still predicted, and the exit code is then 2.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mnist_ddp.checkpoint import read_weights
+from mnist_ddp.checkpoint import load_weights_into, model_settings, read_weights
 from mnist_ddp.config import load_config
 from mnist_ddp.console import say
 from mnist_ddp.data import normalize_pixels
@@ -25,30 +26,54 @@ from mnist_ddp.entry import report_unexpected
 from mnist_ddp.errors import EXIT_INPUT, EXIT_INTERRUPTED, InputError, JobError, first_line
 from mnist_ddp.model import MLP, build_model
 
+# Pillow's modes whose pixels are one number on a scale other than 0-255: 16-bit, 32-bit, float.
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+# Ink must stand out from the background by this share of the image's full scale; less is noise
+# on a blank page (a JPEG's ringing), not a digit. Faint ink above it is stretched, as MNIST's was.
+MIN_CONTRAST = 0.02
 
-def grayscale(image: Image.Image) -> np.ndarray:
-    """The image as 0-255 gray floats. A transparent background becomes one that contrasts with
-    the strokes (white behind dark strokes, black behind light ones), so ink drawn on alpha shows."""
+
+def grayscale(image: Image.Image) -> tuple[np.ndarray, float]:
+    """The image as gray floats on its own scale, and that scale's full value (255 for 8-bit
+    images, 65535 for 16-bit ones, 1 for floats in 0-1): nothing clipped or rounded away.
+
+    A transparent background becomes one that contrasts with the strokes (white behind dark
+    strokes, black behind light ones), so ink drawn on alpha shows."""
+    if image.mode in WIDE_MODES:
+        gray = np.asarray(image, dtype=np.float64)
+        if image.mode == "F":
+            return gray, 1.0 if gray.max() <= 1 else float(gray.max() - min(gray.min(), 0))
+        return gray, 65535.0 if image.mode.startswith("I;16") or gray.max() > 255 else 255.0
     has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
     if has_alpha:
         rgba = image.convert("RGBA")
-        alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255
+        alpha = np.asarray(rgba.getchannel("A"), dtype=np.float64) / 255
         if alpha.min() < 1:
-            gray = np.asarray(rgba.convert("L"), dtype=np.float32)
+            gray = np.asarray(rgba.convert("L"), dtype=np.float64)
             opaque = alpha > 0.5
             background = 0.0 if opaque.any() and gray[opaque].mean() >= 128 else 255.0
-            return gray * alpha + background * (1 - alpha)
-    return np.asarray(image.convert("L"), dtype=np.float32)
+            return gray * alpha + background * (1 - alpha), 255.0
+    return np.asarray(image.convert("L"), dtype=np.float64), 255.0
+
+
+def ink_of(image: Image.Image) -> np.ndarray:
+    """How far each pixel stands out from the background, stretched so the strongest ink is 255
+    (MNIST's digits span the full range, however faint the scan); all zeros when nothing does."""
+    gray, full_scale = grayscale(image)
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    background = float(np.median(border))
+    # A light background (dark strokes) lies nearer the image's top than its bottom.
+    light = background - gray.min() > gray.max() - background
+    ink = np.clip(background - gray if light else gray - background, 0, None)
+    if ink.max() < MIN_CONTRAST * full_scale:
+        return np.zeros_like(ink)
+    return ink * (255 / ink.max())
 
 
 def to_mnist(image: Image.Image, side: int = 28) -> torch.Tensor:
     """A uint8 (side*side,) tensor laid out as MNIST's digits are (all zeros for an image with no ink)."""
-    gray = grayscale(image)
-    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    if border.mean() > 127:  # the background is light: MNIST's digits are light on dark
-        gray = 255 - gray
-    gray = np.clip(gray - np.median(border if border.mean() <= 127 else 255 - border), 0, 255)
-    ink = gray > 0.1 * gray.max() if gray.max() > 0 else np.zeros_like(gray, dtype=bool)
+    gray = ink_of(image)
+    ink = gray > 0.1 * 255
     if not ink.any():
         return torch.zeros(side * side, dtype=torch.uint8)
     rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
@@ -70,11 +95,8 @@ def to_mnist(image: Image.Image, side: int = 28) -> torch.Tensor:
 def load_model(path: Path) -> MLP:
     """The model saved at ``path``, in eval mode on the CPU."""
     saved = read_weights(path)
-    model = build_model(load_config(base=saved.config), saved.in_features)
-    try:
-        model.load_state_dict(saved.state_dict)
-    except RuntimeError as e:
-        raise InputError(f"checkpoint={path}: its weights do not fit its own config ({first_line(e)})") from None
+    model = build_model(load_config(base=model_settings(saved.config)), saved.in_features)
+    load_weights_into(model, saved.state_dict, f"checkpoint={path}")
     return model.eval()
 
 

@@ -6,30 +6,18 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from datetime import datetime
 from pathlib import Path
 
+from mnist_ddp.config import check_path_names
 from mnist_ddp.errors import InputError
 
 
-def choose_run_dir(configured: str) -> Path:
-    """``run.dir`` when set, else runs/<torchrun run id>, else a new runs/<timestamp> folder.
-
-    Under torchrun the run id stays the same across elastic restarts, so restarted workers find
-    their own snapshots. Nothing is created here.
-    """
-    if configured:
-        return Path(configured)
-    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
-    if run_id and run_id != "none":
-        return Path("runs") / run_id
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = Path("runs") / stamp
-    suffix = 1
-    while run_dir.exists():
-        run_dir = Path("runs") / f"{stamp}-{suffix}"
-        suffix += 1
-    return run_dir
+def choose_run_dir(configured: str, dataset: str, identity: str) -> Path:
+    """``run.dir`` when set, else runs/<dataset>-<identity>: a hash of the settings that decide what
+    the run computes (checkpoint.config_identity), so running the same command again finds the
+    same folder and resumes from its snapshots, wherever it stopped (Ctrl-C, preemption, a
+    killed process, a torchrun restart). Nothing is created here."""
+    return Path(configured) if configured else Path("runs") / f"{dataset}-{identity}"
 
 
 def create_run_dir(run_dir: Path) -> None:
@@ -42,6 +30,7 @@ def create_run_dir(run_dir: Path) -> None:
 
 def check_output_folder(folder: Path, key: str) -> None:
     """Fail now, not after minutes of work, when ``folder`` could not be created or written to."""
+    check_path_names(f"{key}={folder}", str(folder))
     existing = folder.absolute()
     while not existing.exists():
         existing = existing.parent

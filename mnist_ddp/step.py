@@ -26,13 +26,8 @@ from mnist_ddp.guard import StopGuard
 GRAPH_SCHEDULES = ("none", "linear")  # schedules that only change the learning rate, from the host
 
 
-def check_step_options(tc: TrainConfig, per_rank_batch: int, device: torch.device, world_size: int) -> None:
-    """Gradient accumulation and CUDA graphs each need a setting they can work with."""
-    if per_rank_batch % tc.accumulate_steps:
-        raise InputError(
-            f"train.accumulate_steps={tc.accumulate_steps} does not split the {per_rank_batch} images per rank"
-            " per step evenly; use a divisor of train.batch_size / ranks"
-        )
+def check_step_options(tc: TrainConfig, device: torch.device, world_size: int) -> None:
+    """CUDA graphs need a setting they can work with (config.check_world_size checks the rest)."""
     if tc.cuda_graphs and (device.type != "cuda" or world_size > 1 or tc.accumulate_steps > 1):
         raise InputError(
             "train.cuda_graphs=true needs one CUDA rank and train.accumulate_steps=1"

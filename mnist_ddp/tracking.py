@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import netrc
 import os
+import socket
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +17,8 @@ from typing import Any
 
 from mnist_ddp.config import Config, to_dict
 from mnist_ddp.errors import InputError, first_line
+
+REACH_SECONDS = 5.0  # to connect to wandb's server before an online run starts
 
 
 def resolved_mode(mode: str) -> str:
@@ -37,11 +41,33 @@ def has_login() -> bool:
 
 
 def check_mode(cfg: Config) -> None:
-    """Fail before any work when wandb.mode=online has no API key to log in with."""
-    if resolved_mode(cfg.wandb.mode) == "online" and not has_login():
+    """Fail before any work when wandb.mode=online has no API key to log in with, or no server to reach."""
+    if resolved_mode(cfg.wandb.mode) != "online":
+        return
+    if not has_login():
         raise InputError(
             "wandb.mode=online needs an API key: set WANDB_API_KEY (or run `wandb login`), or use wandb.mode=offline"
         )
+    check_reachable()
+
+
+def check_reachable(timeout: float = REACH_SECONDS) -> None:
+    """Connect to wandb's server (WANDB_BASE_URL, else api.wandb.ai) within seconds: without a
+    network, wandb.init itself stays silent for a minute and a half before it fails. Skipped when
+    a proxy is configured, which a direct connection says nothing about."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
+        return
+    url = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname or "", port), timeout=timeout).close()
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise InputError(
+            f"wandb.mode=online cannot reach {url} ({reason}); check the network, or use wandb.mode=offline"
+            " and upload the run later with `wandb sync`"
+        ) from None
 
 
 def start(cfg: Config, run_dir: Path, resume_id: str | None) -> Any:

@@ -21,19 +21,20 @@ import torch
 from tqdm import tqdm
 
 from mnist_ddp import agreement, fault_injection, guard, liveness, metrics, timing, tracking
-from mnist_ddp.atomic import atomic_write_text
+from mnist_ddp.atomic import atomic_write_text, check_writable
 from mnist_ddp.checkpoint import (
     Progress,
     Snapshot,
     check_compatible,
     check_one_timeline,
+    config_identity,
     cpu_state_dict,
     find_snapshot,
     save_model,
     save_snapshot,
     snapshot_dir,
 )
-from mnist_ddp.config import Config, parse_args, to_dict, to_yaml
+from mnist_ddp.config import Config, check_world_size, parse_args, to_dict, to_yaml
 from mnist_ddp.console import say, warn
 from mnist_ddp.data import epoch_permutation, load_on_every_rank, shard_indices
 from mnist_ddp.distributed import (
@@ -43,11 +44,10 @@ from mnist_ddp.distributed import (
     barrier,
     broadcast_from_rank0,
     fail_together,
-    per_rank_batch_size,
     threads_per_rank,
     wrap_ddp,
 )
-from mnist_ddp.entry import run_command
+from mnist_ddp.entry import keep_tracebacks_in, run_command
 from mnist_ddp.errors import Diverged, Interrupted, Preempted
 from mnist_ddp.evaluation import EvalCounts, evaluate_across_ranks
 from mnist_ddp.model import build_model, parameter_count, parameter_hash
@@ -66,8 +66,8 @@ class Trainer:
         tc = cfg.train
         self.cfg, self.device, self.backend = cfg, device, backend
         self.rank, self.world_size, self.is_main = launch.rank, launch.world_size, launch.rank == 0
-        self.per_rank_batch = per_rank_batch_size(tc.batch_size, self.world_size)
-        check_step_options(tc, self.per_rank_batch, device, self.world_size)
+        self.per_rank_batch = check_world_size(tc, self.world_size)
+        check_step_options(tc, device, self.world_size)
         self.threads = threads_per_rank(tc.threads, torch.get_num_threads())
         torch.set_num_threads(self.threads)
         seed_everything(cfg.seed)
@@ -76,7 +76,8 @@ class Trainer:
 
         liveness.mark("data loading")
         self.data = load_on_every_rank(cfg.data, cfg.seed, launch.local_rank, self.world_size, device)
-        agreement.check_ranks_agree(self.data.fingerprint())
+        self.data_fingerprint = self.data.fingerprint()
+        agreement.check_ranks_agree(self.data_fingerprint)
         self.model = build_model(cfg, self.data.in_features).to(device)
         # Same initial weights on every rank (seeded above); different dropout masks per rank.
         torch.manual_seed(cfg.seed + self.rank)
@@ -105,7 +106,9 @@ class Trainer:
         )
         self.wandb_run: Any = None
 
-        self.run_dir = choose_run_dir(cfg.run.dir) if self.is_main else None
+        self.run_dir = (
+            choose_run_dir(cfg.run.dir, cfg.data.dataset, config_identity(to_dict(cfg))) if self.is_main else None
+        )
         if self.run_dir is not None and not cfg.run.dir:  # config.yaml and snapshots record the chosen folder
             self.cfg = replace(cfg, run=replace(cfg.run, dir=str(self.run_dir)))
         # Rank 0's folder, known to every rank: where each writes its profile trace, or its stacks when stuck.
@@ -122,6 +125,11 @@ class Trainer:
             if self.run_dir is not None:
                 tracking.check_mode(self.cfg)
                 lock = RunDirLock(self.run_dir)  # a second job in the same folder stops here
+                for folder in (self.run_dir, snapshot_dir(self.run_dir), self.run_dir / "plots"):
+                    if folder.is_dir():  # the ones a resumed run finds; a new one is made inside run.dir
+                        check_writable(folder)
+        # Once it exists (on this node: a multi-node run.dir may not be shared), tracebacks go there.
+        keep_tracebacks_in(self.shared_run_dir if self.shared_run_dir.is_dir() else None)
         failed = True
         try:
             self.resumed_from = self.find_resume_point()
@@ -142,7 +150,7 @@ class Trainer:
                 found = find_snapshot(self.cfg.resume, self.run_dir)
                 check_one_timeline(self.cfg.resume, found, self.run_dir)
                 if found:
-                    check_compatible(found, to_dict(self.cfg), self.data.in_features)
+                    check_compatible(found, to_dict(self.cfg), self.data.in_features, self.data_fingerprint)
         return broadcast_from_rank0(found)  # type: ignore[return-value]
 
     def resume(self, snapshot: Snapshot) -> Progress:
@@ -296,8 +304,12 @@ class Trainer:
         path = self.snapshot()
         if self.world_size > 1:
             say(f"rank {self.rank}: stopping at global step {step}", sys.stderr)
-        if decision.interrupted:
-            raise Interrupted(f"Ctrl-C: snapshot {path} at global step {step}; run the same command again to resume")
+        if decision.interrupted_by is not None:
+            name = guard.SESSION_SIGNAL_NAMES[decision.interrupted_by]
+            raise Interrupted(
+                f"{name}: snapshot {path} at global step {step}; run the same command again to resume",
+                decision.interrupted_by,
+            )
         if self.is_main:
             guard.requeue_if_slurm(self.cfg.checkpoint.requeue)
         raise Preempted(
@@ -331,6 +343,7 @@ class Trainer:
                 config=to_dict(self.cfg),
                 in_features=self.data.in_features,
                 wandb_run_id=tracking.run_id(self.wandb_run),
+                data=self.data_fingerprint,
             )
             path = save_snapshot(self.run_dir, snapshot, self.cfg.checkpoint.keep)
         barrier()
@@ -344,11 +357,11 @@ class Trainer:
         last = p.epoch == tc.epochs
         evaluate = last or p.epoch % tc.eval_every_epochs == 0
         snapshot = last or (every > 0 and p.epoch % every == 0)
-        counts = train_loss = train_seconds = decision = None
+        counts = train_loss = decision = None
+        train_seconds, images = time.perf_counter() - started, self.images_trained()
         if evaluate:
             with self.phase("agreement"):
                 train_loss = all_reduce_sum(self.loss_sum_so_far()).item() / (self.shard_len * self.world_size)
-            train_seconds = time.perf_counter() - started
         self.log_step_losses(logged_lrs)
         if evaluate:
             with self.phase("evaluation"):
@@ -360,7 +373,7 @@ class Trainer:
         rank_times = self.gather_rank_times() if counts is not None else None
         if counts is not None and self.run_dir is not None:
             lr = current_lr(self.optimizer, self.schedule, tc.lr)
-            record = metrics.epoch_record(p.epoch, train_loss, counts, self.images_trained(), train_seconds, lr)
+            record = metrics.epoch_record(p.epoch, train_loss, counts, images, train_seconds, lr)
             if rank_times is not None:
                 record["rank_seconds"] = rank_times
                 record["straggler"] = timing.straggler_record(rank_times, self.hosts, self.cfg.dist.straggler_factor)
@@ -368,6 +381,11 @@ class Trainer:
             metrics.append_metrics(self.run_dir, record)
             say(metrics.format_epoch_line(record, tc.epochs))
             tracking.log(self.wandb_run, tracking.epoch_values(record, counts.per_class_accuracy), p.global_step)
+        p.trained = {
+            "epochs": p.trained["epochs"] + 1,
+            "seconds": p.trained["seconds"] + train_seconds,
+            "images": p.trained["images"] + images,
+        }
         p.start_next_epoch()
         if decision is not None:
             self.stop_if_asked(decision)
@@ -421,7 +439,7 @@ class Trainer:
             return {}
         records = self.progress.records
         save_model(self.run_dir / "model.pt", self.model, to_dict(self.cfg), self.data.in_features)
-        summary = metrics.build_summary(records, counts, self.world_size)
+        summary = metrics.build_summary(records, counts, self.world_size, self.progress.trained)
         rank_totals = metrics.rank_seconds_total(records, self.world_size)
         summary |= {
             "backend": self.backend if self.world_size > 1 else "none",

@@ -101,3 +101,55 @@ def test_a_snapshot_of_another_model_is_refused(tmp_path):
     assert "was saved with model.hidden=[8], this run has model.hidden=[16, 8]" in str(err.value)
     with pytest.raises(InputError, match="a model of 16 inputs, this data has 64"):
         checkpoint.check_compatible(state, state.config, 64)
+
+
+def changed(value):
+    """Another value of the same kind."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int | float):
+        return value + 1
+    if isinstance(value, list):
+        return [*value, value[0] if value else "x"]
+    return f"{value}-other"
+
+
+def snapshot_of(config: dict, data: dict | None = None) -> checkpoint.Snapshot:
+    return checkpoint.Snapshot(checkpoint.Progress(), {}, {}, None, [], {}, config, 784, None, data, Path("s.pt"))
+
+
+def test_every_setting_outside_the_safe_list_must_match_on_resume():
+    base = to_dict(load_config(None, []))
+    saved = snapshot_of(base)
+    for key in checkpoint.flat_config(base):
+        section, _, name = key.rpartition(".")
+        edited = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+        target = edited[section] if section else edited
+        target[name] = changed(target[name])
+        safe = key in checkpoint.SAFE_ON_RESUME or key.startswith(checkpoint.SAFE_SECTIONS)
+        if safe:
+            checkpoint.check_compatible(saved, edited, 784)
+        else:
+            with pytest.raises(InputError, match=f"was saved with {key}=.*; set {key}="):
+                checkpoint.check_compatible(saved, edited, 784)
+    # A key an older snapshot's config does not have yet is not compared.
+    older = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    del older["train"]["augment_shift"]
+    checkpoint.check_compatible(snapshot_of(older), base, 784)
+
+
+def test_a_snapshot_refuses_other_data_and_says_which_array():
+    base = to_dict(load_config(None, []))
+    fingerprint = {"data (train images)": "60000x784 sha256:aa", "data (train labels)": "60000 sha256:bb"}
+    saved = snapshot_of(base, fingerprint)
+    checkpoint.check_compatible(saved, base, 784, dict(fingerprint))
+    checkpoint.check_compatible(snapshot_of(base), base, 784, fingerprint)  # an older snapshot recorded none
+    with pytest.raises(InputError, match=r"trained on other data: its data \(train labels\) was 60000 sha256:bb"):
+        checkpoint.check_compatible(saved, base, 784, {**fingerprint, "data (train labels)": "60000 sha256:cc"})
+
+
+def test_the_readme_lists_exactly_the_settings_a_resume_may_change():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    paragraph = readme.split("Only these\nmay change on resume:")[1].split("A snapshot also records")[0]
+    listed = {part.split("`")[0] for part in paragraph.split("`")[1::2]}
+    assert listed == {*checkpoint.SAFE_ON_RESUME, *(f"{s}*" for s in checkpoint.SAFE_SECTIONS)}

@@ -6,7 +6,16 @@ import pytest
 from conftest import CONFIGS, run_module
 from omegaconf import OmegaConf
 
-from mnist_ddp.config import Config, all_keys, load_config, parse_args, to_dict
+from mnist_ddp.config import (
+    Config,
+    TrainConfig,
+    all_keys,
+    check_world_size,
+    load_config,
+    parse_args,
+    per_rank_batch,
+    to_dict,
+)
 from mnist_ddp.errors import InputError
 
 
@@ -120,3 +129,39 @@ def test_overrides_may_come_before_and_after_the_config_file():
     # The launch scripts put run.dir=... first and pass the user's --config FILE after it.
     cfg = parse_args(["run.dir=/r", "--config", str(CONFIGS / "seed.yaml"), "train.epochs=3"], prog="t")
     assert (cfg.run.dir, cfg.train.epochs, cfg.train.batch_size) == ("/r", 3, 100)
+
+
+def test_the_world_size_is_checked_before_any_rank_starts():
+    assert per_rank_batch(512, 2) == 256
+    with pytest.raises(InputError, match=r"train\.batch_size=512 does not split evenly across 3 ranks"):
+        per_rank_batch(512, 3)
+    with pytest.raises(InputError, match=r"train\.accumulate_steps=3 does not split the 256 images per rank"):
+        check_world_size(TrainConfig(accumulate_steps=3), 2)
+    with pytest.raises(InputError, match=r"train\.cuda_graphs=true needs one CUDA rank \(here: 2 ranks\)"):
+        check_world_size(TrainConfig(cuda_graphs=True), 2)
+    assert check_world_size(TrainConfig(batch_size=96, accumulate_steps=2), 3) == 32
+
+
+def test_text_settings_take_the_text_after_the_equals_sign_as_it_is():
+    cfg = load_config(
+        None, ["run.dir=runs/exp #1", "data.root=0755", "wandb.name=1e3", "wandb.group=true", "resume=none"]
+    )
+    assert (cfg.run.dir, cfg.data.root, cfg.wandb.name, cfg.wandb.group) == ("runs/exp #1", "0755", "1e3", "true")
+    # Other keys are still read as YAML: numbers, booleans and lists.
+    cfg = load_config(None, ["train.epochs=3", "log.plots=false", "model.hidden=[8,4]", "wandb.tags=[a,b]"])
+    assert (cfg.train.epochs, cfg.log.plots, cfg.model.hidden, cfg.wandb.tags) == (3, False, [8, 4], ["a", "b"])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("run.dir=" + "x" * 300, "config key 'run.dir': the name xxxx"),
+        ("resume=runs/" + "y" * 256 + "/step_0000001.pt", "config key 'resume': the name yyyy"),
+        ("run.dir=runs/caf\udce9", "config key 'run.dir' is 'runs/caf\\xe9', which is not UTF-8 text"),
+        ("wandb.name=\udcff", "config key 'wandb.name' is '\\xff', which is not UTF-8 text"),
+    ],
+)
+def test_names_the_file_system_or_a_file_cannot_take_are_refused_up_front(override, message):
+    with pytest.raises(InputError) as err:
+        load_config(None, [override])
+    assert str(err.value).startswith(message)

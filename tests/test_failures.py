@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +28,11 @@ from conftest import CONFIGS, REPO, free_port, run_in_process
 from mnist_files import IMAGES_MAGIC, TEST_IMAGES, write_fake_mnist
 from PIL import Image
 
-from mnist_ddp import checkpoint
+from mnist_ddp import bench, checkpoint
+from mnist_ddp.config import load_config, to_dict
 from mnist_ddp.errors import EXIT_DIVERGED, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OUTPUT
 from mnist_ddp.fault_injection import FAULT_ENV, PRINT_HASH_ENV
+from mnist_ddp.model import MLP
 from mnist_ddp.predict import to_mnist
 
 SMOKE = ["--config", str(CONFIGS / "smoke.yaml")]
@@ -66,6 +69,7 @@ def no_images(tmp: Path) -> None:
 
 
 LISTENERS: list[socket.socket] = []  # held open for the rest of the session
+CLOSED_PORT = free_port()  # nothing listens there
 
 
 def busy_port() -> int:
@@ -128,11 +132,110 @@ CASES = {
         command="mnist_ddp.bench",
         setup="a_file",
     ),
+    # settings that change what training computes, changed on resume (issue 18: they applied silently)
+    "dropout-changed-on-resume": Case(
+        [*SMOKE, "train.epochs=1", "model.dropout=0.1", "run.dir=finished"],
+        EXIT_INPUT,
+        "was saved with model.dropout=0.5, this run has model.dropout=0.1; set model.dropout=0.5 to continue it",
+        setup="a_finished_run",
+    ),
+    "smoothing-and-shift-changed-on-resume": Case(
+        [*SMOKE, "train.epochs=1", "train.label_smoothing=0.2", "train.augment_shift=2", "run.dir=finished"],
+        EXIT_INPUT,
+        "this run has train.label_smoothing=0.2 (and train.augment_shift); set train.label_smoothing=0.0",
+        setup="a_finished_run",
+    ),
+    "other-data-on-resume": Case(
+        [*DATA, "data.root=relabelled", "train.epochs=1", "train.batch_size=20", "run.dir=finished"],
+        EXIT_INPUT,
+        "was trained on other data: its data (train labels) was 40 sha256:",
+        setup="a_finished_mnist_run_and_relabelled_copy",
+    ),
+    # names a file system or a file cannot take (issue 18: tracebacks after the data had loaded)
+    "run-dir-name-too-long": Case([*SMOKE, "run.dir=" + "x" * 300], EXIT_INPUT, "config key 'run.dir': the name xx"),
+    "resume-name-too-long": Case(
+        [*SMOKE, "resume=" + "y" * 300 + ".pt"], EXIT_INPUT, "config key 'resume': the name y"
+    ),
+    "run-dir-not-utf8": Case([*SMOKE, "run.dir=caf\udce9"], EXIT_INPUT, "is 'caf\\xe9', which is not UTF-8 text"),
+    "evaluate-out-name-too-long": Case(
+        ["checkpoint=model.pt", "out=" + "z" * 300],
+        EXIT_INPUT,
+        "out=zzz",
+        command="mnist_ddp.evaluate",
+        setup="a_model",
+    ),
+    # the benchmark's own arguments (issue 18: a traceback after the whole measurement)
+    "bench-out-is-a-folder": Case(
+        ["--quick", "--out=.", "data.dataset=digits"], EXIT_INPUT, "--out=. is a folder", command="mnist_ddp.bench"
+    ),
+    "bench-given-a-run-dir": Case(
+        ["--quick", "--out=b.json", "data.dataset=digits", "run.dir=mine"],
+        EXIT_INPUT,
+        "the benchmark sets run.dir for each row itself; leave run.dir=... out",
+        command="mnist_ddp.bench",
+    ),
+    # evaluate: a checkpoint whose weights do not fit the model its config describes
+    "evaluate-weights-that-do-not-fit": Case(
+        ["checkpoint=model.pt"],
+        EXIT_INPUT,
+        "its weights do not fit the model its config describes: layers.0.weight is 8x64 in the checkpoint, 256x64",
+        command="mnist_ddp.evaluate",
+        setup="a_mislabelled_model",
+    ),
+    "evaluate-on-data-of-another-width": Case(
+        ["checkpoint=model.pt", "data.dataset=mnist", *DATA],
+        EXIT_INPUT,
+        "the checkpoint's model takes 64 pixels per image, the data has 784 (MNIST from mnist, split=standard)",
+        command="mnist_ddp.evaluate",
+        setup="a_model_and_fake_data",
+    ),
+    # wandb online with a key but no server to reach (issue 18: silent for 95 s)
+    "wandb-online-server-refuses": Case(
+        [*SMOKE, "wandb.mode=online"],
+        EXIT_INPUT,
+        f"wandb.mode=online cannot reach http://127.0.0.1:{CLOSED_PORT} (Connection refused)",
+        env={"WANDB_API_KEY": "k" * 40, "WANDB_BASE_URL": f"http://127.0.0.1:{CLOSED_PORT}"},
+    ),
+    "wandb-mode-env-online-server-refuses": Case(
+        SMOKE,
+        EXIT_INPUT,
+        "wandb.mode=online cannot reach http://127.0.0.1:",
+        env={"WANDB_MODE": "online", "WANDB_API_KEY": "k" * 40, "WANDB_BASE_URL": f"http://127.0.0.1:{CLOSED_PORT}"},
+    ),
 }
 
 
 def a_file(tmp: Path) -> None:
     (tmp / "config.yaml").write_text("seed: 1\n")
+
+
+def a_finished_run(tmp: Path) -> None:
+    result = run_in_process("mnist_ddp.train", *SMOKE, "train.epochs=1", "run.dir=finished", cwd=tmp)
+    assert result.returncode == 0, result.stderr
+
+
+def a_finished_mnist_run_and_relabelled_copy(tmp: Path) -> None:
+    fake_data(tmp)
+    args = [*DATA, "train.epochs=1", "train.batch_size=20", "run.dir=finished"]
+    assert run_in_process("mnist_ddp.train", *args, cwd=tmp).returncode == 0
+    shutil.copytree(tmp / "mnist", tmp / "relabelled")
+    labels = tmp / "relabelled" / "train-labels-idx1-ubyte"
+    raw = bytearray(labels.read_bytes())
+    raw[8:] = bytes((b + 1) % 10 for b in raw[8:])  # the same images, every label shifted
+    labels.write_bytes(bytes(raw))
+
+
+def a_mislabelled_model(tmp: Path) -> None:
+    """A model.pt whose weights are another model's than its config describes."""
+    torch.save(
+        {"state_dict": MLP(64, [8], 0.0).state_dict(), "config": to_dict(load_config(SMOKE[1])), "in_features": 64},
+        tmp / "model.pt",
+    )
+
+
+def a_model_and_fake_data(tmp: Path) -> None:
+    a_model(tmp)
+    fake_data(tmp)
 
 
 def a_model(tmp: Path) -> None:
@@ -439,11 +542,30 @@ def test_predict_refuses_blank_and_oversized_images_and_reads_the_rest(tmp_path)
 # --- launch scripts and the interpreter --------------------------------------------------------
 
 
-def test_a_bad_config_is_found_once_before_torchrun_starts(tmp_path):
-    env = {**os.environ, "PYTHON": sys.executable, "NPROC": "2", "MAX_RESTARTS": "3"}
+@pytest.mark.parametrize(
+    "script, settings, args, message",
+    [
+        ("local.sh", {"NPROC": "2"}, ["train.epochs=abc"], "config key 'train.epochs' (command line): 'abc' is not"),
+        # What depends on the number of ranks: each worker would fail alike, after every restart again.
+        ("local.sh", {"NPROC": "3"}, SMOKE, "train.batch_size=64 does not split evenly across 3 ranks"),
+        (
+            "node.sh",
+            {"NPROC": "2", "NNODES": "2"},
+            [*SMOKE, "train.accumulate_steps=3"],
+            "train.accumulate_steps=3 does",
+        ),
+        # The launch scripts' own settings (torchrun printed a traceback for these).
+        ("local.sh", {"NPROC": "abc"}, SMOKE, "NPROC=abc is not a whole number of at least 1"),
+        ("local.sh", {"NPROC": "0"}, SMOKE, "NPROC=0 is not a whole number of at least 1"),
+        ("node.sh", {"NPROC": "1", "NNODES": "-1"}, SMOKE, "NNODES=-1 is not a whole number of at least 1"),
+        ("local.sh", {"NPROC": "2", "MAX_RESTARTS": "x"}, SMOKE, "MAX_RESTARTS=x is not a whole number of at least 0"),
+    ],
+)
+def test_what_no_restart_can_fix_is_found_once_before_torchrun_starts(tmp_path, script, settings, args, message):
+    env = {**os.environ, "PYTHON": sys.executable, "MAX_RESTARTS": "3", "RDZV_ENDPOINT": "127.0.0.1:1", **settings}
     started = time.monotonic()
     result = subprocess.run(
-        [str(REPO / "launch" / "local.sh"), "train.epochs=abc", "run.dir=run"],
+        [str(REPO / "launch" / script), *args, "run.dir=run"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -451,7 +573,7 @@ def test_a_bad_config_is_found_once_before_torchrun_starts(tmp_path):
         timeout=60,
     )
     assert result.returncode == EXIT_INPUT
-    assert result.stderr.startswith("error: config key 'train.epochs' (command line): 'abc' is not a valid int")
+    assert result.stderr.startswith(f"error: {message}"), result.stderr
     assert result.stderr.count("\n") == 1 and time.monotonic() - started < 10
     assert not (tmp_path / "run").exists()
 
@@ -531,26 +653,145 @@ def test_a_port_in_use_and_a_missing_peer_end_in_one_line(tmp_path):
             assert waiting[:1] == [f"waiting for 1 of 2 ranks at 127.0.0.1:{port}"]  # every 3 s
 
 
-def test_bench_keeps_the_rows_that_finished(tmp_path):
+def test_bench_keeps_the_rows_that_finished(tmp_path, monkeypatch):
+    # A row that fails: its one line, exit code, and the rows measured before it written with complete=false.
+    def measure(args, limit, rows, ab):
+        limit.update(fp32_1x=100.0, bf16_1x=10.0, fp32_2x1=150.0, peak_rss_mb=1.0)
+        rows.append({"name": "seed-loop (blog)", "ranks": 1, "samples_per_second": 10.0, "seconds_per_epoch": 1.0})
+        rows[-1]["peak_rss_mb"] = [1.0]
+        bench.train_row("mnist_ddp default", 1, ["train.device=cuda", "data.dataset=digits"], tmp_path)
+
+    monkeypatch.setattr(bench, "measure", measure)
     out = tmp_path / "bench.json"
-    # A training override that fails in every training row: the limit and the blog's loop still land.
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mnist_ddp.bench",
-            "--quick",
-            f"--out={out}",
-            "data.dataset=digits",
-            "train.device=cuda",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    result = run_in_process(
+        "mnist_ddp.bench", "--quick", f"--out={out}", cwd=tmp_path, env={"CUDA_VISIBLE_DEVICES": ""}
     )
-    assert result.returncode != 0
-    assert "error: benchmark run 'mnist_ddp default' failed" in result.stderr
+    assert result.returncode == 1  # the row exit code (2) is in the line
+    assert result.stderr.startswith(
+        "error: benchmark run 'mnist_ddp default' failed (exit 2): error: train.device=cuda"
+    )
     report = json.loads(out.read_text())
     assert report["complete"] is False and [r["name"] for r in report["rows"]] == ["seed-loop (blog)"]
+
+
+# --- issue 18: results silently changed, work lost, unsafe files (each failed on the main before) --
+
+
+def test_a_text_setting_is_taken_as_written(tmp_path):
+    # Read as YAML, "runs/exp #1" was "runs/exp": a second experiment took over the first one's run.
+    for name in ("runs/exp #1", "runs/exp #2"):
+        result = run_in_process("mnist_ddp.train", *SMOKE, "train.epochs=1", f"run.dir={name}", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert "resuming" not in result.stdout
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["exp #1", "exp #2"]
+
+
+def test_the_same_command_without_run_dir_resumes_after_a_stop(tmp_path):
+    # The default folder used to be a new timestamp: the same command started again at epoch 1.
+    args = [*SMOKE, "train.epochs=4", "log.plots=false"]
+    stopped = run_in_process("mnist_ddp.train", *args, cwd=tmp_path, env={FAULT_ENV: "signal:0:30:SIGTERM"})
+    assert stopped.returncode == 75 and "run the same command again to resume" in stopped.stderr, stopped.stderr
+    again = run_in_process("mnist_ddp.train", *args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert f"resuming from {run_dir.relative_to(tmp_path)}/checkpoints/step_0000046.pt" in again.stdout
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGQUIT], ids=["SIGHUP", "SIGQUIT"])
+def test_a_closed_session_stops_with_a_snapshot(tmp_path, sig):
+    # Closing the terminal or ssh session sends SIGHUP (torchrun forwards it, and SIGQUIT): they killed the run.
+    name = signal.Signals(sig).name
+    stopped = train(tmp_path, "train.epochs=4", "log.plots=false", env={FAULT_ENV: f"signal:0:30:{name}"})
+    assert stopped.returncode == 128 + sig, stopped.stderr
+    assert stopped.stderr.startswith(f"interrupted: {name} (")
+    assert "snapshot run/checkpoints/step_0000046.pt at global step 46; run the same command again" in stopped.stderr
+    resumed = train(tmp_path, "train.epochs=4", "log.plots=false")
+    assert resumed.returncode == 0 and "resuming from run/checkpoints/step_0000046.pt" in resumed.stdout
+
+
+def test_a_reader_that_goes_away_does_not_stop_the_training(tmp_path):
+    # `python -m mnist_ddp.train | head -1`: the next line raised BrokenPipeError before the snapshot.
+    proc = popen_train(tmp_path, "train.epochs=6", "log.plots=false")
+    proc.stdout.readline()
+    proc.stdout.close()  # the reader is gone
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["epochs"] == 6
+
+
+def test_an_unwritable_snapshot_folder_is_found_at_start_and_named_by_its_cause(tmp_path):
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a read-only bind mount needs root")
+    assert train(tmp_path, "train.epochs=2", "checkpoint.every_steps=20").returncode == 0
+    (tmp_path / "run" / "model.pt").unlink()  # as if it had stopped after its last snapshot
+    folder = checkpoint.snapshot_dir(tmp_path / "run")
+    subprocess.run(["mount", "--bind", "-o", "ro", str(folder), str(folder)], check=True)
+    try:
+        result = train(tmp_path, "train.epochs=2", "checkpoint.every_steps=20")
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+    assert result.returncode == EXIT_OUTPUT
+    assert result.stderr == (
+        "error: cannot write run/checkpoints: Read-only file system; the file system is read-only here;"
+        " choose another output folder\n"
+    )
+    assert "epoch" not in result.stdout and not (tmp_path / "run" / "model.pt").exists()
+
+
+def test_the_traceback_file_cannot_be_redirected(tmp_path):
+    # The file had a predictable name in /tmp and followed links: a planted link overwrote another file.
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    planted = Path(tempfile.gettempdir()) / f"mnist_ddp-train-rank0-{os.getpid()}.traceback"
+    planted.unlink(missing_ok=True)
+    planted.symlink_to(victim)
+    try:
+        result = run_in_process("mnist_ddp.train", *SMOKE, "run.dir=run", cwd=tmp_path, env={FAULT_ENV: "raise:0:5"})
+    finally:
+        planted.unlink()
+    assert result.returncode == 1 and victim.read_text() == "keep"
+    path = Path(result.stderr.split("traceback in ")[1].split(";")[0])
+    assert path.parent == tmp_path / "run" and "test fault" in path.read_text()  # in run.dir, once it exists
+
+
+def test_evaluate_takes_the_model_from_a_checkpoint_and_nothing_else(tmp_path):
+    # A checkpoint chose where data came from: a crafted one sent a request to its URL and created its folders.
+    fake_data(tmp_path)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.settimeout(0.1)
+    crafted = load_config(
+        None,
+        [
+            "model.hidden=[16]",
+            f"data.root={tmp_path / 'planted' / 'tree'}",
+            f"data.mirrors=[http://127.0.0.1:{listener.getsockname()[1]}/]",
+            "train.device=cuda",  # trained on a GPU: evaluating on a CPU must need no override
+            "dist.backend=nccl",
+        ],
+    )
+    torch.save(
+        {"state_dict": MLP(784, [16], 0.5).state_dict(), "config": to_dict(crafted), "in_features": 784},
+        tmp_path / "model.pt",
+    )
+    result = run_in_process(
+        "mnist_ddp.evaluate", "checkpoint=model.pt", cwd=tmp_path, env={"MNIST_DDP_DATA": str(tmp_path / "mnist")}
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"MNIST from {tmp_path / 'mnist'}")  # the user's data (here $MNIST_DDP_DATA)
+    assert not (tmp_path / "planted").exists()
+    with pytest.raises(TimeoutError):  # nobody dialled the checkpoint's mirror
+        listener.accept()
+    listener.close()
+
+
+def test_a_latest_pointer_with_other_bytes_is_passed_over(tmp_path):
+    # Non-UTF-8 bytes in checkpoints/latest stopped the resume with "unexpected UnicodeDecodeError".
+    assert train(tmp_path, "train.epochs=2", "checkpoint.every_steps=20").returncode == 0
+    (tmp_path / "run" / "model.pt").unlink()
+    (checkpoint.snapshot_dir(tmp_path / "run") / "latest").write_bytes(b"\xff\xfe\x00step")
+    result = train(tmp_path, "train.epochs=2", "checkpoint.every_steps=20")
+    assert result.returncode == 0, result.stderr
+    assert "resuming from run/checkpoints/step_0000046.pt" in result.stdout

@@ -43,10 +43,12 @@ def test_summary_numbers():
         confusion[t][(t + 1) % 10] = 2
     confusion[9][9], confusion[9][0] = 97, 3  # 979 of 1000 right
     final = EvalCounts(50.0, confusion)
-    summary = metrics.build_summary(records, final, world_size=1)
+    # Five epochs trained, three of them recorded (train.eval_every_epochs): the totals count all five.
+    trained = {"epochs": 5, "seconds": 6.5, "images": 5000}
+    summary = metrics.build_summary(records, final, world_size=1, trained=trained)
     assert summary["test_accuracy"] == 0.979 and summary["best_test_accuracy"] == 0.981 and summary["best_epoch"] == 2
-    assert summary["test_examples"] == 1000 and summary["epochs"] == 3
-    assert summary["samples_per_second"] == pytest.approx(3000 / 4.0)
+    assert summary["test_examples"] == 1000 and summary["epochs"] == 5
+    assert summary["train_seconds"] == 6.5 and summary["samples_per_second"] == pytest.approx(5000 / 6.5)
     assert summary["seconds_to_accuracy"] == {"0.974": 4.0, "0.980": 4.0}
     assert summary["per_class_accuracy"] == [0.98] * 9 + [0.97]
 

@@ -102,14 +102,14 @@ def test_a_rendezvous_nobody_opens_is_one_line_naming_it(hosts, tmp_path):
         NNODES="2",
         NPROC="1",
         RDZV_ENDPOINT="node1:29499",
-        RDZV_WAIT_SECONDS="7",
+        RDZV_WAIT_SECONDS="4",  # a waiting line at 3 s, the error at 4
     )
     assert proc.wait(timeout=60) == 2
     log = (tmp_path / "node2.log").read_text()
     assert time.monotonic() - started < 30
     errors = [line for line in log.splitlines() if line.startswith("error: ")]
     assert errors == [
-        "error: no rendezvous at node1:29499 (10.213.0.11) after 7 s (Connection refused); start launch/node.sh"
+        "error: no rendezvous at node1:29499 (10.213.0.11) after 4 s (Connection refused); start launch/node.sh"
         " on node1 too, or check RDZV_ENDPOINT and that node1 is reachable from node2"
     ]
     assert "waiting for the rendezvous at node1:29499 (10.213.0.11): Connection refused" in log

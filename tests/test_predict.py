@@ -57,30 +57,56 @@ def real_mnist(request):
     return root
 
 
+def image_files(digit: np.ndarray) -> dict[str, tuple[Image.Image, str]]:
+    """One 28x28 uint8 digit in every mode and polarity a user's files come in: (image, file suffix)."""
+    page = np.zeros((90, 160), dtype=np.uint8)
+    page[20:76, 90:146] = np.asarray(Image.fromarray(digit).resize((56, 56), Image.BILINEAR))
+    wide = digit.astype(np.uint16) * 257  # 16-bit, 0-65535
+    unit = (digit / 255).astype(np.float32)  # float, 0-1
+    faint = (digit.astype(np.float32) * 40 / 255).round().astype(np.uint8)  # brightest ink 40 of 255
+    return {
+        "plain": (Image.fromarray(digit), "png"),
+        "inverted": (Image.fromarray(255 - digit), "png"),
+        "large": (Image.fromarray(digit).resize((120, 120), Image.BICUBIC), "png"),
+        "page": (Image.fromarray(255 - page), "jpg"),
+        "16-bit": (Image.fromarray(wide), "png"),
+        "16-bit dark on light": (Image.fromarray(65535 - wide), "png"),
+        "float": (Image.fromarray(unit, mode="F"), "tiff"),
+        "float dark on light": (Image.fromarray(1 - unit, mode="F"), "tiff"),
+        "faint": (Image.fromarray(faint), "png"),
+        "faint dark on light": (Image.fromarray(255 - faint), "png"),
+        "1-bit": (Image.fromarray(digit > 100), "png"),
+        "palette dark on light": (Image.fromarray(255 - digit).convert("P"), "png"),
+        "rgb dark on light": (Image.fromarray(255 - digit).convert("RGB"), "jpg"),
+    }
+
+
 def write_variants(images: torch.Tensor, folder) -> dict[str, list[str]]:
-    """Each test digit as PNG/JPEG files: as stored, inverted, enlarged, and padded into a wide page."""
-    variants: dict[str, list[str]] = {"plain": [], "inverted": [], "large": [], "page": []}
+    """Each test digit as an image file in every variant of :func:`image_files`."""
+    variants: dict[str, list[str]] = {}
     for i, pixels in enumerate(images):
-        digit = pixels.reshape(28, 28).numpy()
-        page = np.zeros((90, 160), dtype=np.uint8)
-        page[20:76, 90:146] = np.asarray(Image.fromarray(digit).resize((56, 56), Image.BILINEAR))
-        files = {
-            "plain": (digit, f"{i}.png"),
-            "inverted": (255 - digit, f"{i}-inverted.png"),
-            "large": (np.asarray(Image.fromarray(digit).resize((120, 120), Image.BICUBIC)), f"{i}-large.png"),
-            "page": (255 - page, f"{i}-page.jpg"),
-        }
-        for kind, (array, name) in files.items():
-            Image.fromarray(array).save(folder / name)
-            variants[kind].append(str(folder / name))
+        for kind, (image, suffix) in image_files(pixels.reshape(28, 28).numpy()).items():
+            path = folder / f"{i}-{kind.replace(' ', '-')}.{suffix}"
+            image.save(path)
+            variants.setdefault(kind, []).append(str(path))
     return variants
+
+
+def test_every_mode_reads_on_its_own_scale():
+    digit = np.zeros((28, 28), dtype=np.uint8)
+    digit[4:24, 12:16] = 255
+    expected = to_mnist(Image.fromarray(digit))
+    for kind, (image, _) in image_files(digit).items():
+        assert image.mode in {"L", "I;16", "F", "1", "P", "RGB"}
+        if kind not in ("large", "page"):  # resampled: other edges
+            assert (to_mnist(image).int() - expected.int()).abs().max() <= 3, kind
 
 
 def predictions(stdout: str) -> dict[str, int]:
     return {line.split(": ")[0]: int(line.split(": ")[1].split()[0]) for line in stdout.splitlines() if ": " in line}
 
 
-def test_predict_reads_test_digits_in_any_polarity_and_size(mnist_model, real_mnist, tmp_path):
+def test_predict_reads_test_digits_in_any_mode_polarity_and_size(mnist_model, real_mnist, tmp_path):
     data = load_splits(DataConfig(root=str(real_mnist), download=False), seed=0)
     images, labels = data.test_images[:20], data.test_labels[:20].tolist()
     variants = write_variants(images, tmp_path)

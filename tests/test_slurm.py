@@ -33,10 +33,11 @@ def slurm(tmp_path_factory) -> dict[str, str]:
         subprocess.run([str(CLUSTER), "down"], env=env, timeout=60)
 
 
-def submit(slurm: dict[str, str], out_dir: Path) -> tuple[str, Path]:
+def submit(slurm: dict[str, str], out_dir: Path, **extra: str) -> tuple[str, Path]:
     """Submit slurm/train.sbatch unchanged, with CPU overrides: 2 ranks on the 2-core node."""
     env = {
         **slurm,
+        **extra,
         "NPROC": "2",
         "PYTHON": sys.executable,
         "MNIST_DDP_RUNS": str(out_dir / "runs"),
@@ -62,7 +63,10 @@ def submit(slurm: dict[str, str], out_dir: Path) -> tuple[str, Path]:
 @pytest.fixture(scope="module")
 def uninterrupted(slurm, tmp_path_factory) -> dict:
     out_dir = tmp_path_factory.mktemp("job")
-    job_id, log_path = submit(slurm, out_dir)
+    # A site file reading a variable that is not set, as module-load scripts do: it must not kill the job.
+    site = out_dir / "site.sh"
+    site.write_text('echo "site set-up: ${MNIST_DDP_NOT_SET_ANYWHERE}done"\n')
+    job_id, log_path = submit(slurm, out_dir, MNIST_DDP_SETUP=str(site))
     fields = wait_for_end(slurm, job_id)
     log = log_path.read_text(errors="replace")
     return {"id": job_id, "fields": fields, "log": log, "run_dir": out_dir / "runs" / f"slurm-{job_id}"}
@@ -72,7 +76,7 @@ def test_sbatch_runs_the_job_to_completion(uninterrupted, two_rank_hash):
     fields, log = uninterrupted["fields"], uninterrupted["log"]
     assert fields["JobState"] == "COMPLETED", log[-3000:]
     assert fields["ExitCode"] == "0:0"
-    assert "final test accuracy" in log
+    assert "final test accuracy" in log and "site set-up: done" in log
     summary = json.loads((uninterrupted["run_dir"] / "summary.json").read_text())
     assert (summary["world_size"], summary["backend"], summary["epochs"]) == (2, "gloo", 30)
     assert summary["test_examples"] == 360 and summary["test_accuracy"] > 0.9

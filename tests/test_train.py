@@ -70,11 +70,16 @@ def test_same_seed_same_run(tmp_path):
     assert loss[0] == loss[1] != loss[2]
 
 
-def test_default_run_dir_is_a_timestamped_folder_under_runs(tmp_path):
-    result = run_in_process("mnist_ddp.train", "--config", str(CONFIGS / "smoke.yaml"), "train.epochs=1", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+def test_the_default_run_dir_follows_the_settings_so_the_same_command_resumes(tmp_path):
+    args = ["--config", str(CONFIGS / "smoke.yaml"), "train.epochs=1"]
+    first = run_in_process("mnist_ddp.train", *args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
-    assert run_dir.name[:8].isdigit() and (run_dir / "summary.json").is_file()
+    assert run_dir.name.startswith("digits-") and (run_dir / "summary.json").is_file()
+    again = run_in_process("mnist_ddp.train", *args, "log.progress=false", cwd=tmp_path)  # a setting safe to change
+    assert f"resuming from {run_dir.relative_to(tmp_path)}/checkpoints/step_0000023.pt" in again.stdout
+    other = run_in_process("mnist_ddp.train", *args, "seed=1", cwd=tmp_path)  # another run: another folder
+    assert other.returncode == 0 and len(list((tmp_path / "runs").iterdir())) == 2
 
 
 @pytest.mark.parametrize(
@@ -156,7 +161,10 @@ def test_evaluation_and_snapshots_every_n_epochs_and_always_the_last(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     records, summary = read_run(run_dir)
-    assert [r["epoch"] for r in records] == [2, 4, 5] and summary["epochs"] == 3
+    assert [r["epoch"] for r in records] == [2, 4, 5]
+    # The summary counts all five epochs trained, not the three recorded.
+    assert summary["epochs"] == 5 and summary["train_seconds"] > sum(r["train_seconds"] for r in records)
+    assert summary["samples_per_second"] * summary["train_seconds"] == pytest.approx(5 * 1437)
     assert [line.split()[1] for line in result.stdout.splitlines() if line.startswith("epoch ")] == [
         "2/5",
         "4/5",
