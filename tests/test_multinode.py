@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -83,13 +84,34 @@ def node_sh(hosts, tmp_path: Path, rdzv: str, extra: list[str], **env: str) -> l
     return results
 
 
-def test_torchrun_across_two_hosts_matches_one_host(hosts, two_rank_hash, tmp_path):
+def test_torchrun_across_two_hosts_matches_one_host_and_owns_its_rendezvous(hosts, two_rank_hash, tmp_path):
+    # While the job trains, a second job on its rendezvous port is refused in one line, naming the first.
+    second = threading.Thread(target=start_second_job, args=(hosts, tmp_path))
+    second.start()
     results = node_sh(hosts, tmp_path, "node1:29400", [])
+    second.join()
     assert [code for code, _ in results] == [0, 0], results[0][1][-2000:] + results[1][1][-2000:]
+    other = (tmp_path / "other.log").read_text()
+    assert other == (
+        f"error: port 29400 on node1 serves the rendezvous of job {tmp_path.name}; this job is another-job: give each"
+        " job its own port (RDZV_ENDPOINT=node1:<free port>)\n"
+    )
+    assert not (tmp_path / "other").exists()
     assert [final_hashes(log) for _, log in results] == [{two_rank_hash}, {two_rank_hash}]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert (summary["world_size"], summary["epochs"], summary["threads_per_rank"]) == (2, 30, 1)
     assert sum("final test accuracy" in log for _, log in results) == 1  # one set of outputs, by rank 0
+
+
+def start_second_job(hosts: dict[str, str], tmp_path: Path) -> None:
+    """launch/node.sh on node2 with another RDZV_ID at the first job's endpoint, once that job trains."""
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "run" / "metrics.jsonl").exists():  # its ranks have claimed the rendezvous
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    command = [str(REPO / "launch" / "node.sh"), *ARGS, f"run.dir={tmp_path / 'other'}"]
+    settings = {"NNODES": "2", "NPROC": "1", "RDZV_ENDPOINT": "node1:29400", "RDZV_ID": "another-job"}
+    on_host(hosts, "node2", command, tmp_path / "other.log", **settings).wait(timeout=60)
 
 
 def test_a_rendezvous_nobody_opens_is_one_line_naming_it(hosts, tmp_path):
