@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # GPU timings on one CUDA device, in one run: the blog's schedule (configs/seed.yaml: batch 100,
 # 50,000 images, SGD) and the default config, eager and with CUDA graphs (the whole step as one
-# graph), torch.compile and bf16. Each row prints microseconds per step, samples/s, seconds per
-# epoch, and the time the blog's 1000 epochs (50 million images) would take at that speed.
+# graph), torch.compile, and fp32 beside train.bf16=auto. Each row prints microseconds per
+# step, samples/s, seconds per epoch, and the time the blog's 1000 epochs (50 million images)
+# would take at that speed.
 #   bash benchmarks/gpu.sh [key=value ...]        e.g. data.root=/path/to/mnist
 # EPOCHS (default 20) sets the epochs measured per run. FULL=1 also runs the blog's 1000 epochs
 # with graphs, and the default config to its first 98.0%, and prints the targets table beside
-# same-run floors (the model's matmuls alone, and one replay of an empty graph).
+# same-run floors (the model's matmuls alone, and one replay of an empty graph). TARGETS_ONLY=1
+# runs only what the targets need (default with graphs, the 1000 epochs, the first 98.0%).
 # A row that fails prints FAIL and its last lines; the others still run. Needs no bc or nvidia-smi.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -46,14 +48,16 @@ run() {  # name, images per step, overrides...
 }
 
 BLOG=(--config configs/seed.yaml "train.epochs=$EPOCHS" train.eval_every_epochs=1)
-run blog-eager 100 "${BLOG[@]}"
-run blog-graphs 100 "${BLOG[@]}" train.cuda_graphs=true
-run default-eager 512 train.epochs=4
-run default-graphs 512 train.epochs=4 train.cuda_graphs=true
-run default-compile 512 train.epochs=4 train.compile=true
-run default-bf16-graphs 512 train.epochs=4 train.bf16=true train.cuda_graphs=true
+if [ "${TARGETS_ONLY:-0}" != 1 ]; then
+    run blog-eager 100 "${BLOG[@]}"
+    run blog-graphs 100 "${BLOG[@]}" train.cuda_graphs=true
+    run default-eager 512 train.epochs=4
+    run default-compile 512 train.epochs=4 train.compile=true
+    run default-fp32-graphs 512 train.epochs=4 train.bf16=false train.cuda_graphs=true
+fi
+run default-graphs 512 train.epochs=4 train.cuda_graphs=true  # train.bf16=auto: bf16 on capability >= 8.0
 
-if [ "${FULL:-0}" = 1 ]; then
+if [ "${FULL:-0}" = 1 ] || [ "${TARGETS_ONLY:-0}" = 1 ]; then
     run blog-1000-epochs 100 --config configs/seed.yaml train.cuda_graphs=true
     run default-to-98 512 train.cuda_graphs=true
     "$PYTHON" - "$OUT" <<'PY'

@@ -1,18 +1,25 @@
-"""Everything about the GPU path that a CPU cannot show, checked on one GPU in one run (< 8 min).
+"""Everything about the GPU path that a CPU cannot show, checked on one GPU in one run.
 
-    bash benchmarks/gpu_check.sh [data.root=/path/to/mnist]
+    bash benchmarks/gpu_check.sh [--quick] [data.root=/path/to/mnist]
+    bash gpu_bundle/run.sh [--quick]          # the same on a machine without network (see README)
 
-Prints PASS or FAIL per check, then the timing table of benchmarks/gpu.sh (FULL=1). Checks:
+Prints PASS or FAIL per check as soon as it is known, then the timings: kernels per replay
+(benchmarks/step_kernels.py) and the table and targets of benchmarks/gpu.sh. Checks:
 
 1. the default config reaches 98% on CUDA;
-2. CUDA graphs on and off, with dropout 0, end with the same weights;
-3. kill -9 mid-run and resume ends bit-identical to an uninterrupted run, graphs off and on;
-4. a CPU snapshot resumes on the GPU, and a GPU snapshot on the CPU (with the warning line);
-5. two gloo ranks with CUDA tensors share the GPU, and a rank killed mid-run is restarted by
+2. CUDA graphs on and off, with dropout 0, end with bit-identical weights;
+3. kill -9 mid-run and resume ends bit-identical to an uninterrupted run, graphs off and on
+   (on the linear schedule: graphs refuse smoke.yaml's onecycle);
+4. with graphs, an epoch's steps never wait for the GPU (torch's sync debug mode set to error);
+5. a shard shorter than three batches (the warm-up's) and one shorter than a batch train with graphs;
+6. a CPU snapshot resumes on the GPU, and a GPU snapshot on the CPU (with the warning line);
+7. two gloo ranks with CUDA tensors share the GPU, and a rank killed mid-run is restarted by
    torchrun and resumes to the uninterrupted run's weights;
-6. a one-rank NCCL group runs every collective helper the job uses.
+8. a one-rank NCCL group runs every collective helper the job uses.
 
-Two NCCL ranks cannot share one GPU, so NCCL across ranks (and DDP over NCCL) stays unproven here.
+``--quick`` (under 3 minutes) runs checks 1-5 and 8, then only the three targets; the whole run
+takes about 8. Two NCCL ranks cannot share one GPU, so NCCL across ranks (and DDP over NCCL)
+stays unproven here.
 """
 
 from __future__ import annotations
@@ -26,8 +33,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-EXTRA = sys.argv[1:]
+QUICK = "--quick" in sys.argv[1:]
+EXTRA = [a for a in sys.argv[1:] if a != "--quick"]
 SMALL = ["--config", str(REPO / "configs" / "smoke.yaml"), "train.epochs=6", "checkpoint.every_steps=20"]
+# Graphs take the schedules that change only the rate (none, linear); smoke.yaml's is onecycle.
+GRAPHABLE = [*SMALL, "train.schedule=linear"]
 ENV = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", "MNIST_DDP_TEST_PRINT_HASH": "1"}
 RESULTS: list[tuple[str, bool, str]] = []
 
@@ -94,13 +104,33 @@ def main() -> int:
 
         @check(f"kill -9 and resume is bit-identical, cuda_graphs={graphs}")
         def _(graphs=graphs):
-            args = [*SMALL, "train.device=cuda", f"train.cuda_graphs={graphs}"]
+            args = [*GRAPHABLE, "train.device=cuda", f"train.cuda_graphs={graphs}"]
             ref = train(tmp / f"ref-{graphs}", *args)
             killed = train(tmp / f"kill-{graphs}", *args, env={"MNIST_DDP_TEST_FAULT": "kill:0:50"})
             resumed = train(tmp / f"kill-{graphs}", *args)
             ok = killed.returncode == -9 and resumed.returncode == 0 and hashes(resumed.stdout) == hashes(ref.stdout)
             outcome = f"killed {killed.returncode}, resumed {resumed.returncode}"
             return ok, f"{outcome}, {hashes(ref.stdout)} vs {hashes(resumed.stdout)}"
+
+    @check("with graphs, an epoch's steps never wait for the GPU (sync debug mode: error)")
+    def _():
+        # No agreement check inside the epoch (its lagged read is the one intended wait), no snapshots.
+        args = ["train.device=cuda", "train.cuda_graphs=true", "train.epochs=2", "checkpoint.every_steps=0"]
+        args += ["checkpoint.check_every_steps=100000", *EXTRA]
+        r = train(tmp / "nosync", *args, env={"MNIST_DDP_SYNC_DEBUG": "error"})
+        return r.returncode == 0, "2 epochs of the default config" if r.returncode == 0 else r.stderr[-400:]
+
+    @check("graphs with a shard shorter than 3 batches, and shorter than 1 batch")
+    def _():
+        details = []
+        for batch in (512, 2048):  # digits: 1,437 training images
+            args = [*GRAPHABLE, "train.device=cuda", "train.cuda_graphs=true", f"train.batch_size={batch}"]
+            r = train(tmp / f"short-{batch}", *args, "train.epochs=3")
+            details.append((r.returncode == 0, f"batch {batch}: exit {r.returncode} {r.stderr[-200:]}"))
+        return all(ok for ok, _ in details), "; ".join(d for _, d in details)
+
+    if QUICK:
+        return finish()
 
     @check("a CPU snapshot resumes on the GPU, a GPU snapshot on the CPU")
     def _():
@@ -123,16 +153,29 @@ def main() -> int:
         ok = ref.returncode == 0 and killed.returncode == 0 and len(hashes(ref.stdout)) == 1
         return ok and hashes(ref.stdout) == hashes(killed.stdout), (ref.stderr + killed.stderr)[-300:] if not ok else ""
 
+    return finish()
+
+
+def nccl_check() -> None:
     @check("a one-rank NCCL group runs every collective helper")
     def _():
         code = (REPO / "benchmarks" / "nccl_helpers.py").read_text()
         r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
         return r.returncode == 0 and "all helpers ok" in r.stdout, (r.stdout + r.stderr)[-300:]
 
-    print("\ntimings (benchmarks/gpu.sh, FULL=1):", flush=True)
-    subprocess.run(["bash", str(REPO / "benchmarks" / "gpu.sh"), *EXTRA], cwd=REPO, env={**ENV, "FULL": "1"})
+
+def finish() -> int:
+    """The NCCL check, the timings (the targets only with --quick), and the count of failures."""
+    nccl_check()
     failed = [name for name, ok, _ in RESULTS if not ok]
-    print(f"\n{len(RESULTS) - len(failed)} passed, {len(failed)} failed")
+    print(f"\nchecks: {len(RESULTS) - len(failed)} passed, {len(failed)} failed", flush=True)
+    print("\nkernels per step (benchmarks/step_kernels.py):", flush=True)
+    kernels = [sys.executable, str(REPO / "benchmarks" / "step_kernels.py"), "train.device=cuda"]
+    subprocess.run(kernels, cwd=REPO, env=ENV, timeout=300)
+    print(f"\ntimings (benchmarks/gpu.sh, {'TARGETS_ONLY' if QUICK else 'FULL'}=1):", flush=True)
+    mode = {"TARGETS_ONLY": "1"} if QUICK else {"FULL": "1"}
+    subprocess.run(["bash", str(REPO / "benchmarks" / "gpu.sh"), *EXTRA], cwd=REPO, env={**ENV, **mode})
+    print(f"\n{len(RESULTS) - len(failed)} passed, {len(failed)} failed: {', '.join(failed) or 'none'}")
     return 1 if failed else 0
 
 

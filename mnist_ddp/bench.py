@@ -2,9 +2,13 @@
 
 One invocation on one machine measures, each in its own process:
 
-- the machine's limit: fp32 and bf16 matmul GFLOP/s at the model's shapes (forward, and both
-  backward products, of every layer), for one process with torch's default threads and for
-  two single-thread processes at once (what 2 DDP ranks get);
+- the machine's limit: matmul GFLOP/s at the model's shapes (forward, and both backward
+  products, of every layer, batch 512), the best of half a second of repeats, in every
+  configuration a row could train in: fp32 and bf16, each in one process with torch's default
+  threads (``1x``) and in 2 single-thread processes at once, summed (``2x1``: what 2 DDP ranks
+  get; the processes start each precision together). The limit is the fastest of the four,
+  whichever it is on this CPU (bf16 where it runs natively, 2x1 where torch's threads scale
+  badly at these small shapes); ``--quick`` measures the two ``1x`` configurations only;
 - ``seed-loop``: the blog's loop as written (a DataLoader over a TensorDataset, batch 100,
   SGD lr 0.01, fp32, 50,000 training images);
 - mnist_ddp's default config in one process, timed from process start to 97.4% and 98.0%;
@@ -15,7 +19,10 @@ One invocation on one machine measures, each in its own process:
   differ by +-10% on a shared machine, more than the cost to measure.
 
 Every row shows samples/s, seconds per 60,000-image epoch, its fraction of the limit
-(samples/s over GFLOP/s / (6 x parameters)), and the peak resident memory of each process.
+(samples/s over the fastest configuration's GFLOP/s / (6 x parameters)), and the peak resident
+memory of each process; the default row also its multiple of the matmul floor at that limit.
+No row should beat the limit: one more than 10% above it is named in a line under the table
+(the limit was mismeasured, or the overrides make a smaller model than the FLOPs assumed).
 The table goes to stdout and everything to ``--out`` (JSON). Extra ``key=value`` overrides
 (``data.root=...``) go to every training run.
 """
@@ -25,11 +32,11 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +53,18 @@ PARAMETERS = sum(i * o + o for i, o in itertools.pairwise(WIDTHS))
 FLOPS_PER_SAMPLE = 6 * PARAMETERS  # forward 2, backward 4 multiply-adds per weight
 EPOCH_IMAGES = 60_000
 
+# The machine's limit is measured in every configuration a row could train in: each precision in
+# 1 process with torch's default threads (1x) and in RANKS single-thread processes at once (what
+# the DDP rows' ranks get, 2x1).
+RANKS = 2
+PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}
+LIMIT_CONFIGURATIONS = [f"{precision}_{shape}" for precision in PRECISIONS for shape in ("1x", f"{RANKS}x1")]
+LIMIT_BATCH = 512
+# Seconds of timed repeats per precision and configuration: ~40 fp32 steps, ~100 bf16 steps with
+# AVX512-BF16, and 1-2 where bf16 is ~30x slower (AVX2 only), so that CPU takes seconds, not minutes.
+LIMIT_SECONDS = 0.5
+LIMIT_TOLERANCE = 0.10  # a row this far above the limit means the limit was mismeasured
+
 # (row name, overrides) for the 2-rank rows, each at the default global batch.
 NO_DIAGNOSTICS = ["dist.liveness_seconds=0", "log.rank_times=false"]
 AB_BLOCKS, AB_STEPS = 24, 40  # blocks of steps per variant in the A/B job, taking turns
@@ -60,8 +79,10 @@ DDP_ROWS = [
 ]
 
 
-def matmul_gflops(dtype_name: str, batch: int, repeats: int) -> float:
-    """Best GFLOP/s over ``repeats`` timings of one training step's matmuls at the model's shapes."""
+def matmul_gflops(dtype_name: str, batch: int, seconds: float, ready: Callable[[], None] | None = None) -> float:
+    """Best GFLOP/s of one training step's matmuls at the model's shapes, timed over and over for
+    ``seconds`` (at least once) after one warm-up step; ``ready`` is called between the two (the
+    concurrent workers' barrier)."""
     import torch
 
     dtype = getattr(torch, dtype_name)
@@ -78,11 +99,16 @@ def matmul_gflops(dtype_name: str, batch: int, repeats: int) -> float:
             torch.mm(dy.t(), x)  # gradient of the weight
 
     step()
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
+    if ready is not None:
+        ready()
+    best, started = float("inf"), time.perf_counter()
+    while True:
+        began = time.perf_counter()
         step()
-        best = min(best, time.perf_counter() - started)
+        ended = time.perf_counter()
+        best = min(best, ended - began)
+        if ended - started >= seconds:
+            break
     return 6 * batch * sum(i * o for i, o in shapes) / best / 1e9
 
 
@@ -115,7 +141,7 @@ def seed_loop(steps: int) -> dict[str, float]:
     return {"samples_per_second": 100 * steps / seconds, "seconds_per_epoch": 50_000 / (100 * steps / seconds)}
 
 
-def worker(kind: str, argument: int) -> None:
+def worker(kind: str, argument: int, milliseconds: int = 0) -> None:
     """Run one measurement in this (fresh) process and print it as JSON."""
     import torch
 
@@ -126,12 +152,17 @@ def worker(kind: str, argument: int) -> None:
         if ab is not None:
             print(json.dumps(ab))
         return
-    if kind == "limit":
-        torch.set_num_threads(argument)
-        result: dict[str, Any] = {
-            "fp32": matmul_gflops("float32", 512, 30),
-            "bf16": matmul_gflops("bfloat16", 512, 3),
-        }
+    if kind == "limit":  # argument: threads (0: torch's default); each precision waits for "go"
+        if argument:
+            torch.set_num_threads(argument)
+
+        def ready() -> None:
+            print("ready", flush=True)
+            sys.stdin.readline()
+
+        result: dict[str, Any] = {"threads": torch.get_num_threads()}
+        for precision, dtype_name in PRECISIONS.items():
+            result[precision] = matmul_gflops(dtype_name, LIMIT_BATCH, milliseconds / 1000, ready)
     else:
         result = seed_loop(argument)
     result["peak_rss_mb"] = peak_rss_mb()
@@ -149,6 +180,59 @@ def run_worker(kind: str, argument: int, concurrent: int = 1) -> list[dict[str, 
             raise JobError(f"benchmark worker {kind} failed (exit {p.returncode})")
         results.append(json.loads(out.strip().splitlines()[-1]))
     return results
+
+
+def run_limit_workers(threads: int, concurrent: int, seconds: float = LIMIT_SECONDS) -> list[dict[str, Any]]:
+    """Start ``concurrent`` limit workers at once, each with ``threads`` threads (0: torch's default),
+    and start each precision's timing in all of them together, once every one has warmed up."""
+    command = [sys.executable, "-m", "mnist_ddp.bench", f"--worker=limit:{threads}:{round(seconds * 1000)}"]
+    procs = [
+        subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(concurrent)
+    ]
+    try:
+        for _ in PRECISIONS:
+            for p in procs:
+                assert p.stdout is not None
+                line = "?"
+                while line and line.strip() != "ready":  # (skipping anything else it prints)
+                    line = p.stdout.readline()
+                if not line:
+                    raise JobError(f"benchmark worker limit failed (exit {p.wait()})")
+            for p in procs:
+                assert p.stdin is not None
+                p.stdin.write("go\n")
+                p.stdin.flush()
+        results = []
+        for p in procs:
+            out, _ = p.communicate()
+            if p.returncode != 0:
+                raise JobError(f"benchmark worker limit failed (exit {p.returncode})")
+            results.append(json.loads(out.strip().splitlines()[-1]))
+        return results
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def measure_limit(quick: bool) -> dict[str, Any]:
+    """GFLOP/s in every configuration of LIMIT_CONFIGURATIONS (the 1-process ones only with --quick,
+    which checks that the benchmark runs, not the machine); RANKS processes' figure is their sum."""
+    one = run_limit_workers(0, 1)[0]
+    limit: dict[str, Any] = {f"{precision}_1x": one[precision] for precision in PRECISIONS}
+    limit |= {"threads_1x": one["threads"], "peak_rss_mb": one["peak_rss_mb"], "quick": quick}
+    if not quick:
+        together = run_limit_workers(1, RANKS)
+        limit |= {f"{precision}_{RANKS}x1": sum(r[precision] for r in together) for precision in PRECISIONS}
+    return limit
+
+
+def fastest_limit(limit: dict[str, Any]) -> tuple[str, float]:
+    """The fastest configuration measured in ``limit``, and its GFLOP/s: the machine's limit."""
+    measured = {key: limit[key] for key in LIMIT_CONFIGURATIONS if key in limit}
+    fastest = max(measured, key=measured.__getitem__)
+    return fastest, measured[fastest]
 
 
 def steady_samples_per_second(run_dir: Path) -> float:
@@ -185,13 +269,41 @@ def train_row(name: str, ranks: int, overrides: list[str], folder: Path) -> dict
     }
 
 
+def limit_line(limit: dict[str, Any]) -> str:
+    """The table's first line: the limit, its configuration, and every configuration measured."""
+    fastest, gflops = fastest_limit(limit)
+    figures = ", ".join(f"{key.replace('_', ' ')} {limit[key]:.1f}" for key in LIMIT_CONFIGURATIONS if key in limit)
+    threads = limit.get("threads_1x")
+    default = f"torch's default {threads} thread{'s' * (threads != 1)}" if threads else "torch's default threads"
+    quick = " (--quick: the 1-process configurations only)" if limit.get("quick") else ""
+    together = any(key.endswith(f"_{RANKS}x1") for key in limit)
+    shapes = f"1x: 1 process, {default}" + (f"; {RANKS}x1: {RANKS} single-thread processes at once" * together)
+    return (
+        f"machine limit {gflops:.1f} GFLOP/s ({fastest.replace('_', ' ')}), the fastest of {figures} GFLOP/s{quick}:"
+        f" matmuls at the model's shapes (batch {LIMIT_BATCH}); {shapes}. {FLOPS_PER_SAMPLE / 1e6:.2f} MFLOP per"
+        f" sample (6 x {PARAMETERS:,} parameters)."
+    )
+
+
+def over_limit_line(rows: list[dict[str, Any]], limit: dict[str, Any]) -> str:
+    """A line naming the rows more than LIMIT_TOLERANCE above the limit (none: ""), which no row can
+    be if the limit is right."""
+    over = [r for r in rows if r.get("fraction_of_limit", 0) > 1 + LIMIT_TOLERANCE]
+    if not over:
+        return ""
+    names = ", ".join(f"{r['name']} ({r['fraction_of_limit']:.0%})" for r in over)
+    quick = " (--quick measured the 1-process configurations only)" if limit.get("quick") else ""
+    return (
+        f"above the machine limit by more than {LIMIT_TOLERANCE:.0%}: {names}. The limit was mismeasured{quick}, or"
+        f" the overrides make a smaller model than the {FLOPS_PER_SAMPLE / 1e6:.2f} MFLOP per sample assumed:"
+        " this run's 'of limit' and 'x floor' are not fractions of what the machine can do."
+    )
+
+
 def format_table(rows: list[dict[str, Any]], limit: dict[str, Any]) -> str:
-    """The results as a fixed-width text table."""
+    """The results as a fixed-width text table (``limit`` as ``annotate`` leaves it)."""
     lines = [
-        f"machine limit, fp32 matmuls at the model's shapes (batch 512): {limit['fp32_1x']:.1f} GFLOP/s in 1 process,"
-        f" {limit['fp32_2x1']:.1f} GFLOP/s for 2 single-thread processes together"
-        f"{' (--quick: the 1-process figure)' if limit.get('quick') else ''}; bf16: {limit['bf16_1x']:.1f}"
-        f" GFLOP/s. {FLOPS_PER_SAMPLE / 1e6:.2f} MFLOP per sample (6 x {PARAMETERS:,} parameters).",
+        limit_line(limit),
         "",
         f"{'row':<24} {'samples/s':>10} {'s/epoch':>8} {'of limit':>9} {'x floor':>8} {'to 97.4%':>9}"
         f" {'to 98.0%':>9} {'final':>7} {'vs 1 proc':>9}  peak RSS MB",
@@ -209,7 +321,8 @@ def format_table(rows: list[dict[str, Any]], limit: dict[str, Any]) -> str:
             f" {cell(r.get('final_accuracy'), '.2%', 7)} {cell(r.get('vs_one_process'), '.2f', 9)}"
             f"  {', '.join(f'{m:.0f}' for m in r['peak_rss_mb'])}"
         )
-    return "\n".join(lines)
+    over = over_limit_line(rows, limit)
+    return "\n".join([*lines, over] if over else lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,8 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every training run")
     args = parser.parse_args(argv)
     if args.worker:
-        kind, _, argument = args.worker.partition(":")
-        worker(kind, int(argument))
+        kind, *arguments = args.worker.split(":")
+        worker(kind, *map(int, arguments))
         return 0
 
     try:
@@ -272,16 +385,7 @@ def check_bench_arguments(out: str, overrides: list[str]) -> None:
 def measure(args: argparse.Namespace, limit: dict[str, Any], rows: list[dict[str, Any]], ab: dict[str, Any]) -> None:
     """Fill ``limit``, append each row to ``rows`` as it finishes (so a failure keeps the finished
     ones), then fill ``ab`` with the diagnostics A/B (not with --quick)."""
-    limit_1x = run_worker("limit", os.cpu_count() or 1)[0]
-    # --quick takes the one-process figure for two: it checks that the benchmark runs, not the machine.
-    limit_2x1 = [limit_1x] if args.quick else run_worker("limit", 1, concurrent=2)
-    limit |= {
-        "fp32_1x": limit_1x["fp32"],
-        "bf16_1x": limit_1x["bf16"],
-        "fp32_2x1": sum(r["fp32"] for r in limit_2x1),
-        "peak_rss_mb": limit_1x["peak_rss_mb"],
-        "quick": args.quick,
-    }
+    limit |= measure_limit(args.quick)
     seed = run_worker("seed", 50 if args.quick else 500)[0]
     rows.append({"name": "seed-loop (blog)", "ranks": 1, **seed, "peak_rss_mb": [seed["peak_rss_mb"]]})
     epochs = ["train.epochs=2"] if args.quick else []
@@ -289,9 +393,11 @@ def measure(args: argparse.Namespace, limit: dict[str, Any], rows: list[dict[str
     with tempfile.TemporaryDirectory(prefix="mnist_ddp_bench_") as tmp:
         rows.append(train_row("mnist_ddp default", 1, [*epochs, *args.overrides], Path(tmp)))
         for name, options in DDP_ROWS[:1] if args.quick else DDP_ROWS:
-            rows.append(train_row(name, 2, ["train.threads=1", *ddp_epochs, *options, *args.overrides], Path(tmp)))
+            rows.append(train_row(name, RANKS, ["train.threads=1", *ddp_epochs, *options, *args.overrides], Path(tmp)))
         if not args.quick:
-            rows.append(train_row("ddp 2x2 threads", 2, ["train.threads=2", *ddp_epochs, *args.overrides], Path(tmp)))
+            rows.append(
+                train_row("ddp 2x2 threads", RANKS, ["train.threads=2", *ddp_epochs, *args.overrides], Path(tmp))
+            )
             ab.update(run_diagnostics_ab())
 
 
@@ -383,11 +489,12 @@ def diagnostics_ab(blocks: int) -> dict[str, Any] | None:
 
 
 def annotate(rows: list[dict[str, Any]], limit: dict[str, Any]) -> None:
-    """Each row's fraction of the machine's limit, the default's multiple of the matmul floor, DDP's speed-up."""
+    """Record the limit's fastest configuration in ``limit``; then each row's fraction of that limit,
+    the default's multiple of the matmul floor at it, DDP's speed-up."""
+    limit["fastest"], limit["gflops"] = fastest_limit(limit)
+    limit_rate = limit["gflops"] * 1e9 / FLOPS_PER_SAMPLE
     one = next((r for r in rows if r["name"] == "mnist_ddp default"), None)
     for r in rows:
-        limit_gflops = limit["fp32_2x1"] if r["ranks"] > 1 else limit["fp32_1x"]
-        limit_rate = limit_gflops * 1e9 / FLOPS_PER_SAMPLE
         r["fraction_of_limit"] = r["samples_per_second"] / limit_rate
         if r is one:
             r["times_floor"] = r["seconds_per_epoch"] / (EPOCH_IMAGES / limit_rate)

@@ -75,7 +75,11 @@ class TrainConfig:
     accumulate_steps: int = doc(
         "micro-batches per optimizer step, each rank's share split evenly; DDP syncs only the last (no_sync)", 1
     )
-    bf16: bool = doc("bf16 autocast; fast on GPUs and CPUs with AVX512-BF16/AMX, slow elsewhere", False)
+    bf16: str = doc(
+        "auto (bf16 autocast where the device multiplies bf16 natively: CUDA capability >= 8.0, CPUs with"
+        " AVX512-BF16 or AMX; else fp32) | true | false",
+        "auto",
+    )
     compile: bool = doc("torch.compile the model", False)
     cuda_graphs: bool = doc("replay the forward and backward pass as one CUDA graph (one CUDA rank)", False)
     eval_batch_size: int = doc("batch size for evaluation", 10_000)
@@ -170,6 +174,7 @@ CHOICES = {
     "train.optimizer": ("sgd", "adamw"),
     "train.schedule": ("none", "cosine", "onecycle", "linear"),
     "train.device": ("auto", "cpu", "cuda"),
+    "train.bf16": ("auto", "true", "false"),
     "dist.backend": ("auto", "nccl", "gloo"),
     "dist.comm_hook": ("none", "bf16", "fp16", "powersgd"),
     "wandb.mode": ("auto", "online", "offline", "disabled"),
@@ -426,6 +431,8 @@ def load_config(
         raise InputError(f"config key '{key}': {first_line(e)}; give it a plain value, e.g. {key}=...") from None
     if not config.data.root:
         config.data.root = os.environ.get(DATA_ENV_VAR) or "data"
+    # YAML's false (and older saved configs' False) arrive as text in this text key.
+    config.train.bf16 = config.train.bf16.lower() if config.train.bf16 in ("True", "False") else config.train.bf16
     validate(config)
     return config
 

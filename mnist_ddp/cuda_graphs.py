@@ -1,30 +1,50 @@
 """The whole training step as one CUDA graph (``train.cuda_graphs=true``, one CUDA rank).
 
-A step of this small MLP is some forty kernels of a few microseconds each, so on a GPU the
+A step of this small MLP is some sixty kernels of a few microseconds each, so on a GPU the
 time goes to launching them from Python. One graph holds all of them: the batch's indices
-gathered from the epoch's order on the device, zeroed gradients, forward, backward, the
-optimizer step (built capturable, its learning rate a device tensor that the schedule fills
-from the host), the loss written into the epoch's loss buffer, and the NaN guard's tracking.
-One replay is one step; the host only advances the schedule.
+gathered from the epoch's order on the device, forward, backward, the optimizer step (its
+learning rate a device tensor that the schedule fills from the host), the loss written into
+the epoch's loss buffer, and the NaN guard's tracking. One replay is one step; the host only
+advances the schedule.
 
-Capture follows PyTorch's pattern: warm-up iterations on a side stream, then capture on that
-stream. The warm-up trains on a real batch, so everything it changes is put back first: weights,
-optimizer state, the loss buffer, the guard, and the CUDA generator. A resumed run therefore
-draws the same dropout masks as an uninterrupted one, replay for replay.
+Capture follows PyTorch's whole-network example: warm-up iterations on a side stream, the
+gradients set to None, then capture on that stream, so backward writes each gradient straight
+into graph memory (no zeroing, no accumulation). The warm-up trains on a real batch, so
+everything it changes is put back first: weights, optimizer state, the loss buffer, the step
+position, the guard, and the CUDA generator. A resumed run therefore draws the same dropout
+masks as an uninterrupted one, replay for replay.
+
+The device-side bookkeeping (:meth:`GraphedStep.captured_step`, :meth:`GraphedStep.warm_up`)
+is plain tensor code that also runs on the CPU, which is how the tests check it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
 
 WARMUP_ITERATIONS = 3
+# torch (before 2.13 for every capturable optimizer) warns once when a capturable optimizer
+# steps outside a capture: here that is the warm-up and each epoch's short last batch, by design.
+UNCAPTURED_STEP_WARNING = r"This instance was constructed with capturable=True"
+
+
+@contextmanager
+def uncaptured_steps_expected() -> Iterator[None]:
+    """Silence exactly torch's 'step() is running without CUDA graph capture' warning inside."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=re.escape(UNCAPTURED_STEP_WARNING), category=UserWarning)
+        yield
 
 
 class GraphedStep:
-    """``body(indices) -> loss`` captured for full batches of ``batch_size`` from a shard of ``shard_len``."""
+    """``body(indices) -> loss`` for full batches of ``batch_size`` from a shard of ``shard_len``,
+    reading its batch from device counters; captured by :meth:`capture` (CUDA only)."""
 
     def __init__(
         self,
@@ -32,44 +52,55 @@ class GraphedStep:
         batch_size: int,
         shard_len: int,
         step_losses: torch.Tensor,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        counters: list[torch.Tensor],
     ) -> None:
-        """``counters``: other device tensors that ``body`` updates in place (the guard's)."""
         device = step_losses.device
         self.body, self.batch_size, self.step_losses = body, batch_size, step_losses
-        self.order = torch.zeros(shard_len, dtype=torch.int64, device=device)  # this epoch's shard
+        # At least one batch long: the warm-up takes a whole batch whatever the shard's length.
+        self.order = torch.zeros(max(shard_len, batch_size), dtype=torch.int64, device=device)
         self.position = torch.zeros((), dtype=torch.int64, device=device)  # the step within the epoch
         self.offsets = torch.arange(batch_size, device=device)
-        self.graph = torch.cuda.CUDAGraph()
-        self.capture(model, optimizer, counters)
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+    def batch_indices(self) -> torch.Tensor:
+        """The positions in the order that the step at ``position`` takes (on the device)."""
+        return self.position * self.batch_size + self.offsets
 
     def captured_step(self) -> None:
         """What one replay does."""
-        indices = self.order.index_select(0, self.position * self.batch_size + self.offsets)
-        loss = self.body(indices)
+        loss = self.body(self.order.index_select(0, self.batch_indices()))
         self.step_losses.index_copy_(0, self.position.view(1), loss.view(1))
         self.position.add_(1)
 
+    def warm_up(self, optimizer: torch.optim.Optimizer) -> None:
+        """The iterations before capture, each as the captured one will run: on the first batch
+        (the position would otherwise run past a shard shorter than WARMUP_ITERATIONS batches),
+        the gradients None."""
+        for _ in range(WARMUP_ITERATIONS):
+            self.position.zero_()
+            optimizer.zero_grad(set_to_none=True)
+            self.captured_step()
+
     def capture(self, model: nn.Module, optimizer: torch.optim.Optimizer, counters: list[torch.Tensor]) -> None:
-        """Warm up, put back what the warm-up changed, capture."""
+        """Warm up, put back what the warm-up changed, capture. ``counters``: other device tensors
+        that ``body`` updates in place (the guard's)."""
         device = self.step_losses.device
         kept = [*model.parameters(), *state_tensors(optimizer), self.step_losses, self.position, *counters]
         saved = [t.detach().clone() for t in kept]
         had_state = bool(optimizer.state)
         generator = torch.cuda.get_rng_state(device)
+        self.graph = torch.cuda.CUDAGraph()
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(WARMUP_ITERATIONS):
-                self.captured_step()
+        with torch.cuda.stream(side), uncaptured_steps_expected():
+            self.warm_up(optimizer)
             with torch.no_grad():
                 for tensor, value in zip(kept, saved, strict=True):
                     tensor.copy_(value)
                 if not had_state:  # state the warm-up created starts from zero, as a fresh optimizer's does
                     for tensor in state_tensors(optimizer):
                         tensor.zero_()
+            # Backward then allocates each gradient inside the graph and writes it there at every replay.
+            optimizer.zero_grad(set_to_none=True)
             side.synchronize()
             torch.cuda.set_rng_state(generator, device)
             with torch.cuda.graph(self.graph, stream=side):
@@ -83,6 +114,7 @@ class GraphedStep:
 
     def replay(self) -> None:
         """One whole step."""
+        assert self.graph is not None, "capture() first"
         self.graph.replay()
 
 

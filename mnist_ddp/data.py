@@ -281,6 +281,18 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=generator)
 
 
+def to_device_without_waiting(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor on ``device``; to a GPU through pinned memory, without waiting for it.
+
+    A copy from pageable memory waits until the GPU has run everything queued before it: at
+    every epoch's start that drained the queue of steps. From pinned memory the copy is queued
+    like a kernel, so the host builds the next epoch's order while the GPU still trains.
+    """
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def shard_indices(order: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
     """This rank's strided share of an epoch's order, padded as DistributedSampler pads.
 

@@ -1,7 +1,11 @@
 """The optimizer and the learning-rate schedule that the config asks for.
 
-For a CUDA graph that holds the optimizer step (``capturable``), the learning rate is a device
-tensor: the schedule fills it in place from the host, and :func:`current_lr` reads its value
+On CUDA with a schedule computed on the host (none, linear) the learning rate is a float32
+device tensor and the kernels are fused, whether or not the step is captured in a CUDA graph:
+a captured step needs the rate on the device, and both fused kernels read a tensor rate as
+float32 while they read a Python rate as a double (``float32(0.006) != 0.006``), so one
+representation for both is what lets the eager and the graphed step end bit-identical.
+:func:`step_schedule` fills the rate in place from the host, and :func:`current_lr` reads it
 from the schedule's own arithmetic rather than from the device, which would wait for the GPU.
 """
 
@@ -13,16 +17,30 @@ import torch
 
 from mnist_ddp.config import TrainConfig
 
+HOST_SCHEDULES = ("none", "linear")  # schedules that change only the rate, by host arithmetic
+
+
+def uses_device_rate(cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether the learning rate is a device tensor: on CUDA, whenever the step could be captured."""
+    return device.type == "cuda" and cfg.schedule in HOST_SCHEDULES
+
 
 def build_optimizer(
-    params: Any, cfg: TrainConfig, device: torch.device, capturable: bool = False
+    params: Any,
+    cfg: TrainConfig,
+    device: torch.device,
+    capturable: bool = False,
+    device_rate: bool | None = None,
 ) -> torch.optim.Optimizer:
     """SGD (momentum, Nesterov, weight decay) or AdamW (fused kernel where torch has one).
 
-    ``capturable``: every step of it can be captured in a CUDA graph (fused kernels, the
-    learning rate a device tensor, AdamW's step count on the device).
+    ``capturable``: its step may be captured in a CUDA graph (AdamW's flag; the kernel is the
+    same). ``device_rate``: the rate as a float32 tensor on ``device`` with fused kernels
+    (default: :func:`uses_device_rate`; a test passes True to build the CUDA kind on the CPU).
     """
-    lr: float | torch.Tensor = torch.tensor(cfg.lr, device=device) if capturable else cfg.lr
+    if device_rate is None:
+        device_rate = uses_device_rate(cfg, device) or capturable
+    lr: float | torch.Tensor = torch.tensor(cfg.lr, dtype=torch.float32, device=device) if device_rate else cfg.lr
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
             params,
@@ -30,7 +48,8 @@ def build_optimizer(
             momentum=cfg.momentum,
             nesterov=cfg.nesterov,
             weight_decay=cfg.weight_decay,
-            fused=True if capturable else None,
+            # foreach SGD turns a tensor rate into a host number each step (a GPU sync); fused does not.
+            fused=True if device_rate or device.type == "cuda" else None,
         )
     return torch.optim.AdamW(
         params,
@@ -63,6 +82,27 @@ def build_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_ste
         schedule.base_lrs = [cfg.lr for _ in schedule.base_lrs]
         return schedule
     return None
+
+
+def step_schedule(schedule: Any) -> None:
+    """Advance the schedule by one optimizer step.
+
+    For the linear schedule over a device rate this does what ``LambdaLR.step`` does (the
+    same host arithmetic, the rate filled in place, the same state) without the copy of the
+    device rate that ``LRScheduler.step`` keeps as its last rate since torch 2.10: one kernel
+    and one allocation per step, for nothing this job reads.
+    """
+    if schedule is None:
+        return
+    group = schedule.optimizer.param_groups[0]
+    if not (type(schedule) is torch.optim.lr_scheduler.LambdaLR and isinstance(group["lr"], torch.Tensor)):
+        schedule.step()
+        return
+    schedule._step_count += 1
+    schedule.last_epoch += 1
+    rate = schedule.base_lrs[0] * schedule.lr_lambdas[0](schedule.last_epoch)
+    group["lr"].fill_(rate)
+    schedule._last_lr = [rate]
 
 
 def current_lr(optimizer: torch.optim.Optimizer, schedule: Any, configured: float) -> float:

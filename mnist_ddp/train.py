@@ -36,7 +36,7 @@ from mnist_ddp.checkpoint import (
 )
 from mnist_ddp.config import Config, check_world_size, parse_args, to_dict, to_yaml
 from mnist_ddp.console import say, warn
-from mnist_ddp.data import epoch_permutation, load_on_every_rank, shard_indices
+from mnist_ddp.data import epoch_permutation, load_on_every_rank, shard_indices, to_device_without_waiting
 from mnist_ddp.distributed import (
     Launch,
     all_gather_tensors,
@@ -52,7 +52,8 @@ from mnist_ddp.errors import Diverged, Interrupted, Preempted
 from mnist_ddp.evaluation import EvalCounts, evaluate_across_ranks
 from mnist_ddp.model import build_model, parameter_count, parameter_hash
 from mnist_ddp.optimizer import build_optimizer, build_schedule, current_lr, load_optimizer_state
-from mnist_ddp.profiling import start_profiler
+from mnist_ddp.precision import choose_bf16
+from mnist_ddp.profiling import start_profiler, syncs_reported
 from mnist_ddp.rng import device_rng_state, host_rng_state, restore_streams, seed_everything
 from mnist_ddp.rundir import RunDirLock, choose_run_dir
 from mnist_ddp.step import TrainStep, check_step_options
@@ -68,6 +69,7 @@ class Trainer:
         self.rank, self.world_size, self.is_main = launch.rank, launch.world_size, launch.rank == 0
         self.per_rank_batch = check_world_size(tc, self.world_size)
         check_step_options(tc, device, self.world_size)
+        self.bf16, self.precision_reason = choose_bf16(tc.bf16, device)
         self.threads = threads_per_rank(tc.threads, torch.get_num_threads())
         torch.set_num_threads(self.threads)
         seed_everything(cfg.seed)
@@ -103,6 +105,7 @@ class Trainer:
             self.per_rank_batch,
             fault,
             self.clock.gradients_reduced,
+            self.bf16,
         )
         self.wandb_run: Any = None
 
@@ -197,6 +200,10 @@ class Trainer:
             folder = self.shared_run_dir / "profile"
             say(f"profile: one trace per rank in {folder} (open in ui.perfetto.dev); rank 0's top operations:\n{table}")
 
+    def precision(self) -> str:
+        """What the forward pass computes in: 'bf16 autocast' or 'fp32'."""
+        return "bf16 autocast" if self.bf16 else "fp32"
+
     def announce(self) -> None:
         """Rank 0's opening lines: data, model, ranks, where the outputs go, where it resumes."""
         data, p = self.data, self.progress
@@ -205,7 +212,8 @@ class Trainer:
             f"{data.source}: {len(data.train_labels)} train / {len(data.test_labels)} test images; "
             f"model {widths} ({parameter_count(self.model):,} parameters); {self.world_size} rank(s) on"
             f" {self.device.type} ({self.backend if self.world_size > 1 else 'no process group'}),"
-            f" {self.per_rank_batch} images per rank per step; outputs in {self.run_dir}"
+            f" {self.per_rank_batch} images per rank per step, {self.precision()} ({self.precision_reason});"
+            f" outputs in {self.run_dir}"
         )
         if self.resumed_from:
             say(
@@ -219,11 +227,6 @@ class Trainer:
         counts = None
         while p.epoch <= cfg.train.epochs:
             self.model.train()
-            order = epoch_permutation(len(self.data.train_labels), cfg.seed, p.epoch).to(self.device)
-            shard = shard_indices(order, self.rank, self.world_size)
-            self.step_losses.zero_()
-            self.step.start_epoch(shard, p.step_in_epoch)
-            logged_lrs: dict[int, float] = {}  # global step -> lr, for the steps whose loss is logged
             started = time.perf_counter()
             bar = tqdm(
                 total=self.steps_per_epoch,
@@ -232,19 +235,25 @@ class Trainer:
                 leave=False,
                 disable=not (self.is_main and cfg.log.progress and sys.stdout.isatty()),
             )
-            self.clock.loop_started()
-            for step_in_epoch in range(p.step_in_epoch + 1, self.steps_per_epoch + 1):
-                batch = shard[(step_in_epoch - 1) * self.per_rank_batch : step_in_epoch * self.per_rank_batch]
-                self.take_step(batch, step_in_epoch - 1)
-                p.global_step, p.step_in_epoch = p.global_step + 1, step_in_epoch
-                bar.update()
-                if self.is_main and p.global_step % cfg.log.every_steps == 0:
-                    logged_lrs[p.global_step] = current_lr(self.optimizer, self.schedule, cfg.train.lr)
-                self.check_after_step()
-                if self.profiler is not None:
-                    with self.clock.aside():  # the step that ends the window writes the trace
-                        self.profiler.step()
-            self.clock.loop_ended()
+            logged_lrs: dict[int, float] = {}  # global step -> lr, for the steps whose loss is logged
+            with syncs_reported(self.device):  # MNIST_DDP_SYNC_DEBUG: nothing here should wait for a GPU
+                order = epoch_permutation(len(self.data.train_labels), cfg.seed, p.epoch)
+                shard = shard_indices(to_device_without_waiting(order, self.device), self.rank, self.world_size)
+                self.step_losses.zero_()
+                self.step.start_epoch(shard, p.step_in_epoch)
+                self.clock.loop_started()
+                for step_in_epoch in range(p.step_in_epoch + 1, self.steps_per_epoch + 1):
+                    batch = shard[(step_in_epoch - 1) * self.per_rank_batch : step_in_epoch * self.per_rank_batch]
+                    self.take_step(batch, step_in_epoch - 1)
+                    p.global_step, p.step_in_epoch = p.global_step + 1, step_in_epoch
+                    bar.update()
+                    if self.wandb_run is not None and p.global_step % cfg.log.every_steps == 0:
+                        logged_lrs[p.global_step] = current_lr(self.optimizer, self.schedule, cfg.train.lr)
+                    self.check_after_step()
+                    if self.profiler is not None:
+                        with self.clock.aside():  # the step that ends the window writes the trace
+                            self.profiler.step()
+                self.clock.loop_ended()
             bar.close()
             counts = self.end_epoch(started, logged_lrs) or counts
             liveness.steady()  # every phase has run once: the short liveness limit applies from here
@@ -293,7 +302,7 @@ class Trainer:
                 f"non-finite loss or weights at step {decision.first_bad_step} (epoch {self.progress.epoch});"
                 " stopped without writing a snapshot, the last good one stays in"
                 f" {snapshot_dir(Path(self.cfg.run.dir))}; start again in another run.dir with a lower"
-                f" train.lr (now {self.cfg.train.lr}) or without train.bf16"
+                f" train.lr (now {self.cfg.train.lr}) or with train.bf16=false"
             )
 
     def stop_if_asked(self, decision: guard.Decision) -> None:
@@ -401,8 +410,9 @@ class Trainer:
         return timing.rank_seconds([t.tolist() for t in all_gather_tensors(mine)])
 
     def log_step_losses(self, logged_lrs: dict[int, float]) -> None:
-        """Rank 0 logs the per-step losses of the epoch's logged steps: the epoch's one transfer of them."""
-        if not (self.is_main and logged_lrs):
+        """Rank 0 logs the per-step losses of the epoch's logged steps: the epoch's one transfer of
+        them, made only when something logs them (a transfer waits for the device)."""
+        if not logged_lrs:
             return
         losses, p = self.step_losses.tolist(), self.progress
         for step, lr in logged_lrs.items():  # the epoch's last step is global_step
@@ -445,6 +455,8 @@ class Trainer:
             "backend": self.backend if self.world_size > 1 else "none",
             "per_rank_batch_size": self.per_rank_batch,
             "threads_per_rank": self.threads,
+            "precision": self.precision(),
+            "precision_chosen_by": self.precision_reason,
             "peak_rss_mb_per_rank": [round(float(r.item()), 1) for r in peak_rss],
             "hosts": self.hosts,
             "rank_seconds": rank_totals,

@@ -30,9 +30,15 @@ os.environ["WANDB_MODE"] = "disabled"
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
 # The digits run that the fault-tolerance and multi-node tests interrupt, resume and compare:
-# long enough to stop mid-run, with a snapshot every 20 steps (23 a epoch). No figures: they
-# cost each run 1.5 s, and these tests compare weights.
-SMOKE_30 = ["--config", str(CONFIGS / "smoke.yaml"), "train.epochs=30", "checkpoint.every_steps=20", "log.plots=false"]
+# long enough to stop mid-run (460 steps, ~7 s on 2 ranks), with a snapshot every 20 steps
+# (23 an epoch). No figures: they cost each run 1.5 s, and these tests compare weights.
+SMOKE_LONG = [
+    "--config",
+    str(CONFIGS / "smoke.yaml"),
+    "train.epochs=20",
+    "checkpoint.every_steps=20",
+    "log.plots=false",
+]
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
@@ -118,11 +124,11 @@ def require(problem: str | None, what: str) -> None:
 
 @pytest.fixture(scope="session")
 def two_rank_hash(tmp_path_factory) -> str:
-    """The final parameter hash of SMOKE_30 on 2 ranks under torchrun --standalone, uninterrupted."""
+    """The final parameter hash of SMOKE_LONG on 2 ranks under torchrun --standalone, uninterrupted."""
     folder = tmp_path_factory.mktemp("two-rank-reference")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "mnist_ddp.train"]
     result = subprocess.run(
-        [*cmd, *SMOKE_30, f"run.dir={folder / 'run'}"],
+        [*cmd, *SMOKE_LONG, f"run.dir={folder / 'run'}"],
         cwd=folder,
         env={**os.environ, "MNIST_DDP_TEST_PRINT_HASH": "1"},
         capture_output=True,

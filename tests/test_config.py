@@ -38,7 +38,7 @@ def test_every_config_file_loads():
 
 def test_overrides_beat_the_file_and_are_typed():
     cfg = load_config(CONFIGS / "seed.yaml", ["train.epochs=5", "model.hidden=[64,32]", "train.bf16=true"])
-    assert cfg.train.epochs == 5 and cfg.model.hidden == [64, 32] and cfg.train.bf16 is True
+    assert cfg.train.epochs == 5 and cfg.model.hidden == [64, 32] and cfg.train.bf16 == "true"
     assert cfg.train.batch_size == 100
 
 
@@ -57,7 +57,7 @@ def test_data_root_comes_from_env_then_default(monkeypatch):
         ("trian.lr=0.1", "did you mean 'train.lr'?"),
         ("train=3", "config key 'train' (command line) is a section"),
         ("train.epochs=abc", "config key 'train.epochs' (command line): 'abc' is not a valid int"),
-        ("train.bf16=maybe", "'maybe' is not a valid bool"),
+        ("train.bf16=maybe", "config key 'train.bf16' is 'maybe'; choose one of: auto, true, false"),
         ("model.hidden=[a]", "config key 'model.hidden' (command line): ['a'] is not a valid list"),
         ("train.batch_size=0", "config key 'train.batch_size' is 0; it must be at least 1"),
         ("train.accumulate_steps=0", "config key 'train.accumulate_steps' is 0; it must be at least 1"),
@@ -165,3 +165,10 @@ def test_names_the_file_system_or_a_file_cannot_take_are_refused_up_front(overri
     with pytest.raises(InputError) as err:
         load_config(None, [override])
     assert str(err.value).startswith(message)
+
+
+def test_bf16_takes_auto_true_false_and_yaml_booleans(tmp_path):
+    assert load_config().train.bf16 == "auto"
+    assert load_config(CONFIGS / "seed.yaml").train.bf16 == "false"  # YAML's false, from the file
+    assert load_config(overrides=["train.bf16=False"]).train.bf16 == "false"
+    assert load_config(base={"train": {"bf16": True}}).train.bf16 == "true"  # a config saved before 'auto'

@@ -234,6 +234,7 @@ def test_two_ranks_match_one_process(tmp_path):
         "train.momentum=0.9",
         "train.batch_size=64",
         "train.epochs=2",
+        "train.bf16=false",  # the reduction order is under test: bf16 rounds 32-image and 64-image batches apart
     ]
     variants = {
         # Micro-batches under no_sync and many small buckets change when gradients move, not what they sum

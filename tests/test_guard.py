@@ -20,13 +20,15 @@ def clean_stop_flag():
     guard.stop_signal = None
 
 
-def test_track_loss_keeps_the_first_non_finite_step():
-    first = torch.tensor(guard.NO_BAD_STEP)
-    first = guard.track_loss(first, torch.tensor(0.5), 0)
-    assert first.item() == guard.NO_BAD_STEP
-    first = guard.track_loss(first, torch.tensor(float("nan")), 4)
-    first = guard.track_loss(first, torch.tensor(float("inf")), 9)
-    assert first.item() == 4
+def test_record_keeps_the_first_non_finite_step():
+    recorder = guard.StopGuard(MLP(8, [4], 0.0), torch.device("cpu"))
+    recorder.start_at(3)
+    for loss in (0.5, -1e30, float("nan"), float("inf"), float("-inf"), 0.25):
+        recorder.record(torch.tensor(loss))
+    assert recorder.first_bad.item() == 5 and recorder.step.item() == 9
+    healthy = guard.StopGuard(MLP(8, [4], 0.0), torch.device("cpu"))
+    healthy.record(torch.tensor(3.0e38))
+    assert healthy.first_bad.item() == guard.NO_BAD_STEP
 
 
 def test_agree_on_a_healthy_model_says_go_on():

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import CONFIGS, SMOKE_30
+from conftest import CONFIGS, SMOKE_LONG
 
 from mnist_ddp import liveness
 from mnist_ddp.errors import EXIT_UNRESPONSIVE
@@ -127,8 +127,8 @@ def wait_until_gone(pid: int, timeout: float = 20) -> None:
 
 
 def test_a_frozen_worker_is_named_within_the_bound_and_torchruns_restart_resumes_exactly(tmp_path, two_rank_hash):
-    job = start_job(tmp_path, SMOKE_30, restarts=1, env={PRINT_HASH_ENV: "1"})
-    read_until(job, lambda line: line.startswith("epoch  3/30"))  # steady state: the short limit applies
+    job = start_job(tmp_path, SMOKE_LONG, restarts=1, env={PRINT_HASH_ENV: "1"})
+    read_until(job, lambda line: line.startswith("epoch  3/20"))  # steady state: the short limit applies
     frozen, waiting = worker_pid(job, 1), worker_pid(job, 0)
     os.kill(frozen, signal.SIGSTOP)
     stopped_at = time.monotonic()

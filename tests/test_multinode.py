@@ -17,13 +17,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SMOKE_30, require
+from conftest import REPO, SMOKE_LONG, require
 from slurm_jobs import final_hashes, job_fields, wait_for_end, wait_for_text, why_no_slurm
 
 from mnist_ddp.fault_injection import PRINT_HASH_ENV
 
 HOSTS = REPO / "tests" / "slurm" / "two_hosts.sh"
-ARGS = SMOKE_30  # long enough to lose a node or preempt it between its first snapshot and its end
+ARGS = SMOKE_LONG  # long enough to lose a node or preempt it between its first snapshot and its end
 TOOLS = ("ip", "nsenter", "unshare", "taskset", "mount")
 
 
@@ -99,7 +99,7 @@ def test_torchrun_across_two_hosts_matches_one_host_and_owns_its_rendezvous(host
     assert not (tmp_path / "other").exists()
     assert [final_hashes(log) for _, log in results] == [{two_rank_hash}, {two_rank_hash}]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert (summary["world_size"], summary["epochs"], summary["threads_per_rank"]) == (2, 30, 1)
+    assert (summary["world_size"], summary["epochs"], summary["threads_per_rank"]) == (2, 20, 1)
     assert sum("final test accuracy" in log for _, log in results) == 1  # one set of outputs, by rank 0
 
 
@@ -253,7 +253,7 @@ def test_a_node_lost_mid_run_is_requeued_and_resumes_to_the_same_weights(slurm2,
 
 def test_preempting_a_two_node_job_stops_both_hosts_at_one_step(slurm2, two_rank_hash, tmp_path):
     job_id, log_path = submit(slurm2, tmp_path)
-    wait_for_text(log_path, "epoch  2/30")
+    wait_for_text(log_path, "epoch  2/20")
     signal = subprocess.run(["scancel", "--signal=USR1", "--full", job_id], env=slurm2, capture_output=True, text=True)
     assert signal.returncode == 0, signal.stderr
     fields = wait_for_end(slurm2, job_id)

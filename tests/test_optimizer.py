@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from mnist_ddp.config import TrainConfig
-from mnist_ddp.optimizer import build_optimizer, build_schedule, current_lr, load_optimizer_state
+from mnist_ddp.optimizer import (
+    build_optimizer,
+    build_schedule,
+    current_lr,
+    load_optimizer_state,
+    step_schedule,
+    uses_device_rate,
+)
 
 
 def test_onecycle_peaks_at_lr_and_ends_near_zero():
@@ -92,3 +99,40 @@ def test_current_lr_reads_the_schedule_not_the_device():
     constant = torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=torch.tensor(0.25))
     assert current_lr(constant, None, 0.25) == 0.25
     assert current_lr(torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=0.5), None, 0.5) == 0.5
+
+
+def test_the_rate_is_a_device_tensor_on_cuda_whenever_the_step_could_be_captured():
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")  # only compared: no GPU needed
+    for schedule in ("none", "linear"):
+        assert uses_device_rate(TrainConfig(schedule=schedule), cuda)  # graphs on or off: one representation
+        assert not uses_device_rate(TrainConfig(schedule=schedule), cpu)
+    for schedule in ("cosine", "onecycle"):  # graphs refuse these; the rate stays a host number
+        assert not uses_device_rate(TrainConfig(schedule=schedule), cuda)
+    for name in ("sgd", "adamw"):
+        params = [torch.nn.Parameter(torch.zeros(3))]
+        optimizer = build_optimizer(params, TrainConfig(optimizer=name), cpu, device_rate=True)
+        group = optimizer.param_groups[0]
+        assert group["lr"].dtype == torch.float32 and group["fused"]
+
+
+@pytest.mark.parametrize("device_rate", [False, True])
+def test_step_schedule_does_what_lambda_lr_step_does_without_copying_the_rate(device_rate):
+    cfg = TrainConfig(lr=0.01, schedule="linear", warmup_fraction=0.2)
+    mine, theirs = (
+        build_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg, torch.device("cpu"), device_rate=device_rate)
+        for _ in range(2)
+    )
+    mine_schedule, their_schedule = build_schedule(mine, cfg, 50), build_schedule(theirs, cfg, 50)
+    rate = mine.param_groups[0]["lr"]
+    for _ in range(50):
+        mine.step(), theirs.step()
+        step_schedule(mine_schedule)
+        their_schedule.step()
+        assert float(mine.param_groups[0]["lr"]) == float(theirs.param_groups[0]["lr"])
+    if device_rate:
+        assert mine.param_groups[0]["lr"] is rate  # filled in place: a captured graph reads this tensor
+    mine_state, their_state = mine_schedule.state_dict(), their_schedule.state_dict()
+    assert mine_state.keys() == their_state.keys()
+    assert mine_state["last_epoch"] == their_state["last_epoch"] == 50
+    assert mine_state["_step_count"] == their_state["_step_count"]
+    assert [float(r) for r in mine_state["_last_lr"]] == [float(r) for r in their_state["_last_lr"]]

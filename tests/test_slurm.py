@@ -9,13 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SMOKE_30, require
+from conftest import REPO, SMOKE_LONG, require
 from slurm_jobs import final_hashes, wait_for_end, wait_for_text, why_no_slurm
 
 from mnist_ddp.fault_injection import PRINT_HASH_ENV
 
 CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
-OVERRIDES = SMOKE_30
+OVERRIDES = SMOKE_LONG
 
 
 @pytest.fixture(scope="module")
@@ -78,14 +78,14 @@ def test_sbatch_runs_the_job_to_completion(uninterrupted, two_rank_hash):
     assert fields["ExitCode"] == "0:0"
     assert "final test accuracy" in log and "site set-up: done" in log
     summary = json.loads((uninterrupted["run_dir"] / "summary.json").read_text())
-    assert (summary["world_size"], summary["backend"], summary["epochs"]) == (2, "gloo", 30)
+    assert (summary["world_size"], summary["backend"], summary["epochs"]) == (2, "gloo", 20)
     assert summary["test_examples"] == 360 and summary["test_accuracy"] > 0.9
     assert final_hashes(log) == {two_rank_hash}  # as 2 ranks under torchrun --standalone
 
 
 def test_preempted_job_is_requeued_resumes_and_matches(slurm, uninterrupted, tmp_path):
     job_id, log_path = submit(slurm, tmp_path)
-    wait_for_text(log_path, "epoch  2/30")
+    wait_for_text(log_path, "epoch  2/20")
     # SIGUSR1 to every process of the job, the batch shell included, as a preemption notice sends.
     signal = subprocess.run(["scancel", "--signal=USR1", "--full", job_id], env=slurm, capture_output=True, text=True)
     assert signal.returncode == 0, signal.stderr

@@ -7,7 +7,7 @@ import torch
 
 from mnist_ddp.config import TrainConfig
 from mnist_ddp.errors import InputError
-from mnist_ddp.step import check_step_options
+from mnist_ddp.step import check_step_options, smoothed_targets
 
 CUDA = torch.device("cuda", 0)  # only compared, never used: no GPU is needed here
 
@@ -27,3 +27,17 @@ def test_graphs_with_a_schedule_that_changes_more_than_the_rate_are_refused():
 def test_graphs_need_one_cuda_rank_without_accumulation(device, world_size, accumulate):
     with pytest.raises(InputError, match=r"train\.cuda_graphs=true needs one CUDA rank and train\.accumulate_steps=1"):
         check_step_options(TrainConfig(cuda_graphs=True, accumulate_steps=accumulate), device, world_size)
+
+
+def test_cross_entropy_against_smoothed_rows_is_label_smoothed_cross_entropy():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(256, 10, generator=generator, requires_grad=True)
+    labels = torch.randint(0, 10, (256,), generator=generator)
+    for smoothing in (0.1, 0.3):
+        expected = torch.nn.functional.cross_entropy(logits, labels, label_smoothing=smoothing)
+        (expected_grad,) = torch.autograd.grad(expected, logits)
+        got = torch.nn.functional.cross_entropy(logits, smoothed_targets(smoothing, 10, torch.device("cpu"))[labels])
+        (got_grad,) = torch.autograd.grad(got, logits)
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=0)
+        torch.testing.assert_close(got_grad, expected_grad, rtol=1e-5, atol=1e-9)
+    assert smoothed_targets(0.0, 10, torch.device("cpu")) is None

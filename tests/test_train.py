@@ -11,6 +11,7 @@ from conftest import CONFIGS, run_in_process, run_module
 from mnist_ddp.data import DataConfig, load_splits
 from mnist_ddp.evaluation import evaluate
 from mnist_ddp.model import MLP
+from mnist_ddp.precision import native_bf16
 
 OUTPUTS = ["checkpoints", "config.yaml", "metrics.jsonl", "model.pt", "plots", "summary.json"]
 SUMMARY_KEYS = {
@@ -125,6 +126,13 @@ def test_default_config_on_real_mnist_beats_97_5(tmp_path, real_mnist):
     assert summary["test_examples"] == 10_000
     assert summary["test_accuracy"] >= 0.975
     assert all(r["test_accuracy"] <= 1 for r in records)
+    # train.bf16=auto (the default): bf16 where this CPU multiplies it natively, said in the summary and first line.
+    native = native_bf16(torch.device("cpu"))
+    assert summary["precision"] == ("bf16 autocast" if native else "fp32")
+    assert summary["precision_chosen_by"] == (
+        f"train.bf16=auto: {native}" if native else "train.bf16=auto: no amx_bf16/avx512_bf16"
+    )
+    assert f"{summary['precision']} ({summary['precision_chosen_by']})" in result.stdout.splitlines()[0]
 
 
 def test_seed_config_runs_on_the_blog_split(tmp_path, real_mnist):

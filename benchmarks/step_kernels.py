@@ -1,0 +1,115 @@
+"""Kernels per training step of the default config, beside the floor of the model alone.
+
+    python benchmarks/step_kernels.py [--config FILE] [key=value ...]   # on the CPU: ATen operations
+    python benchmarks/step_kernels.py train.device=cuda                 # on a GPU: also kernels per replay
+
+Counts the operations that launch a kernel (views are free) in:
+- ``floor``: forward, plain cross-entropy, backward and the optimizer step on a prepared batch;
+- ``graph body``: what one CUDA-graph replay holds (gradients None at capture);
+- ``eager step``: the step as it runs without graphs (gradients zeroed, then added to).
+On a GPU it also captures the step, profiles 50 replays to count the CUDA kernels each one
+launches, and times replays back to back: the microseconds per step that bound an epoch.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+import torch
+
+from mnist_ddp.config import parse_args
+from mnist_ddp.data import Splits
+from mnist_ddp.guard import StopGuard
+from mnist_ddp.model import build_model
+from mnist_ddp.optimizer import build_optimizer, build_schedule
+from mnist_ddp.precision import choose_bf16
+from mnist_ddp.profiling import kernel_ops
+from mnist_ddp.step import TrainStep
+
+IMAGES = 4096
+
+
+def main(argv: list[str]) -> None:
+    cfg = parse_args(argv, prog="benchmarks/step_kernels.py")
+    tc = cfg.train
+    device = torch.device("cuda" if tc.device == "cuda" else "cpu")
+    cuda = device.type == "cuda"
+    bf16, why = choose_bf16(tc.bf16, device)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (IMAGES, 784), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 10, (IMAGES,), generator=g)
+    data = Splits(images, labels, images[:100], labels[:100], "random").to(device)
+    torch.manual_seed(0)
+    model = build_model(cfg, 784).to(device)
+    # The CUDA kind of optimizer on any device (rate a float32 tensor, fused): what a replay runs.
+    optimizer = build_optimizer(model.parameters(), tc, device, capturable=cuda, device_rate=True)
+    schedule = build_schedule(optimizer, tc, 1000)
+    guard = StopGuard(model, device)
+    step = TrainStep(tc, data, model, model, optimizer, schedule, guard, tc.batch_size, None, bf16=bf16)
+    batch = torch.arange(tc.batch_size, device=device)
+    losses = torch.zeros(IMAGES // tc.batch_size + 1, device=device)
+
+    step(batch, 0, losses, 0)  # optimizer state exists from here on
+    eager = kernel_ops(lambda: step(batch, 1, losses, 1))
+    for p in model.parameters():
+        p.grad = None
+    body = kernel_ops(lambda: step.step_body(batch))
+    x = step.train_inputs[batch] if step.train_inputs is not None else torch.randn(tc.batch_size, 784, device=device)
+    y = data.train_labels[batch]
+
+    def model_alone() -> None:
+        with step.autocast:
+            logits = model(x).float()
+        torch.nn.functional.cross_entropy(logits, y).backward()
+        optimizer.step()
+
+    for p in model.parameters():
+        p.grad = None
+    floor = kernel_ops(model_alone)
+    print(f"{device.type}, torch {torch.__version__}, batch {tc.batch_size}, {'bf16' if bf16 else 'fp32'} ({why})")
+    print(f"{'ATen operations that launch a kernel':<40} {'per step':>8}")
+    for name, ops in (("floor (model, plain loss, optimizer)", floor), ("graph body", body), ("eager step", eager)):
+        print(f"{name:<40} {sum(ops.values()):>8}")
+    print(f"graph body beyond the floor: {dict(body - floor)}; in the floor only: {dict(floor - body)}")
+    if cuda:
+        replay_report(step, losses)
+
+
+def replay_report(step: TrainStep, losses: torch.Tensor) -> None:
+    """Capture the step, count the kernels of one replay, time replays back to back."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step.capture(losses, IMAGES)
+    assert step.graph is not None
+    order = torch.arange(IMAGES, device=losses.device)
+    steps = IMAGES // step.batch_size
+    step.graph.start_epoch(order, 0)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for i in range(steps):
+            if i % steps == 0:
+                step.graph.start_epoch(order, 0)
+            step.graph.replay()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    print(f"CUDA kernels per replay (profiled over {steps} replays): {len(kernels) / steps:.1f}")
+    times = []
+    for _ in range(20):
+        step.graph.start_epoch(order, 0)
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        for _ in range(steps):
+            step.graph.replay()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - started) / steps)
+    us = statistics.median(times) * 1e6
+    print(
+        f"one replay: {us:.1f} us median ({step.batch_size / us * 1e6:,.0f} samples/s);"
+        f" {us / (len(kernels) / steps):.2f} us per kernel"
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
