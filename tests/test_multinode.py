@@ -24,6 +24,9 @@ from mnist_ddp.fault_injection import PRINT_HASH_ENV
 
 HOSTS = REPO / "tests" / "slurm" / "two_hosts.sh"
 ARGS = SMOKE_LONG  # long enough to lose a node or preempt it between its first snapshot and its end
+# scancel's signal reaches a job a variable while after the test sees the run's progress: 10 ms
+# more per step from step 40 (4 s over the run, weights unchanged) keeps it going until then.
+SLOWER = {"MNIST_DDP_TEST_FAULT": "slow:0:40:0.01"}
 TOOLS = ("ip", "nsenter", "unshare", "taskset", "mount")
 
 
@@ -171,7 +174,7 @@ def slurm2(hosts) -> dict[str, str]:
     return {**hosts, "SLURM_CONF": str(Path(hosts["MNIST_DDP_HOSTS_DIR"]) / "slurm.conf")}
 
 
-def submit(slurm2: dict[str, str], out_dir: Path) -> tuple[str, Path]:
+def submit(slurm2: dict[str, str], out_dir: Path, **extra: str) -> tuple[str, Path]:
     """sbatch --nodes=2 slurm/train.sbatch, unchanged: one rank on each one-CPU node."""
     cmd = [
         "sbatch",
@@ -184,7 +187,7 @@ def submit(slurm2: dict[str, str], out_dir: Path) -> tuple[str, Path]:
         "slurm/train.sbatch",
         *ARGS,
     ]
-    env = job_env(slurm2, NPROC="1", MNIST_DDP_RUNS=str(out_dir / "runs"))
+    env = job_env(slurm2, NPROC="1", MNIST_DDP_RUNS=str(out_dir / "runs"), **extra)
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     job_id = result.stdout.strip().split(";")[0]
@@ -252,7 +255,7 @@ def test_a_node_lost_mid_run_is_requeued_and_resumes_to_the_same_weights(slurm2,
 
 
 def test_preempting_a_two_node_job_stops_both_hosts_at_one_step(slurm2, two_rank_hash, tmp_path):
-    job_id, log_path = submit(slurm2, tmp_path)
+    job_id, log_path = submit(slurm2, tmp_path, **SLOWER)
     wait_for_text(log_path, "epoch  2/20")
     signal = subprocess.run(["scancel", "--signal=USR1", "--full", job_id], env=slurm2, capture_output=True, text=True)
     assert signal.returncode == 0, signal.stderr
@@ -260,6 +263,7 @@ def test_preempting_a_two_node_job_stops_both_hosts_at_one_step(slurm2, two_rank
     log = log_path.read_text(errors="replace")
     assert (fields["JobState"], fields["ExitCode"]) == ("COMPLETED", "0:0"), log[-3000:]
     assert int(fields["Restarts"]) == 1 and f"requeued SLURM job {job_id}" in log
+    assert f"job {job_id} (restart 1)" in log and "resuming from" in log
     stops = sorted(line for line in log.splitlines() if ": stopping at global step " in line)
     step = stops[0].rsplit(" ", 1)[1]
     assert stops == [f"rank 0: stopping at global step {step}", f"rank 1: stopping at global step {step}"]

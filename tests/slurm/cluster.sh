@@ -62,6 +62,9 @@ MpiDefault=none
 JobRequeue=1
 # A requeued job waits for the next scheduling pass (every 30 or 60 s by default): every 1-2 s here.
 SchedulerParameters=bf_interval=1,sched_interval=2
+# A requeued or cancelled job's processes get SIGKILL this long after SIGTERM (default 30 s): a rank
+# blocked on a lost peer cannot act on SIGTERM, and the test would wait the whole default.
+KillWait=5
 CONF
 }
 
