@@ -7,7 +7,7 @@ Prints PASS or FAIL per check as soon as it is known, then the timings: kernels 
 (benchmarks/step_kernels.py) and the table and targets of benchmarks/gpu.sh. Checks:
 
 1. the default config reaches 98% on CUDA;
-2. CUDA graphs on and off, with dropout 0, end with bit-identical weights;
+2. CUDA graphs on and off, with dropout 0 and 0.5, end with bit-identical weights;
 3. kill -9 mid-run and resume ends bit-identical to an uninterrupted run, graphs off and on
    (on the linear schedule: graphs refuse smoke.yaml's onecycle);
 4. with graphs, an epoch's steps never wait for the GPU (torch's sync debug mode set to error);
@@ -92,13 +92,16 @@ def main() -> int:
         )
         return bool(acc) and acc >= 98.0, f"exit {r.returncode}, final {acc}%" if acc else r.stderr[-300:]
 
-    @check("graphs on and off, dropout 0: the same weights")
-    def _():
-        args = ["train.device=cuda", "model.dropout=0", "train.epochs=2", *EXTRA]
-        a, b = train(tmp / "eager0", *args), train(tmp / "graphs0", *args, "train.cuda_graphs=true")
-        if a.returncode or b.returncode:
-            return False, (a.stderr + b.stderr)[-300:]
-        return weights_hash(tmp / "eager0") == weights_hash(tmp / "graphs0"), "model.pt compared tensor by tensor"
+    for dropout in ("0", "0.5"):  # the masks come from the step counter, not a generator: equal too
+
+        @check(f"graphs on and off, dropout {dropout}: bit-identical weights")
+        def _(dropout=dropout):
+            args = ["train.device=cuda", f"model.dropout={dropout}", "train.epochs=2", *EXTRA]
+            eager, graphs = tmp / f"eager{dropout}", tmp / f"graphs{dropout}"
+            a, b = train(eager, *args), train(graphs, *args, "train.cuda_graphs=true")
+            if a.returncode or b.returncode:
+                return False, (a.stderr + b.stderr)[-300:]
+            return weights_hash(eager) == weights_hash(graphs), "model.pt compared tensor by tensor"
 
     for graphs in ("false", "true"):
 

@@ -34,8 +34,9 @@ fi
 whole_number NPROC "$NPROC" 1
 whole_number MAX_RESTARTS "${MAX_RESTARTS:-3}" 0
 
-# WORLD_SIZE key=value...: a bad config, or one that cannot run on this many ranks, is one error
-# line here, once: inside torchrun it would fail every worker alike, after each restart again.
+# WORLD_SIZES key=value...: a bad config, or one that cannot run on this many ranks (a comma-separated
+# list: each world size an elastic job may take), is one error line here, once: inside torchrun it
+# would fail every worker alike, after each restart again.
 check_config() {
     "$python" -m mnist_ddp.config --world-size "$@" >/dev/null || exit 2
 }

@@ -3,7 +3,10 @@
 # shared rendezvous. slurm/train.sbatch runs this once per node through srun; by hand, run it
 # on every node with the same RDZV_ENDPOINT and RDZV_ID.
 #
-#   NNODES       nodes in the job            (default: $SLURM_NNODES, else 1)
+#   NNODES       nodes in the job            (default: $SLURM_NNODES, else 1); MIN:MAX for an
+#                elastic job, which goes on with as few as MIN nodes and takes in up to MAX (the
+#                global batch must split evenly at every world size in between: checked here)
+#   RDZV_LAST_CALL_SECONDS  an elastic job's wait for more nodes once MIN have joined (default 10)
 #   NPROC        processes on this node      (default: GPUs on this node, else 2)
 #   RDZV_ENDPOINT host:port of the rendezvous (default: first host of the SLURM job, port 29400)
 #   RDZV_ID      the job's id, the same on every node and different for every job sharing a
@@ -15,8 +18,20 @@ set -euo pipefail
 # shellcheck source=launch/common.sh
 source "$(dirname "$0")/common.sh"
 nnodes=${NNODES:-${SLURM_NNODES:-1}}
-whole_number NNODES "$nnodes" 1
-check_config $((nnodes * NPROC)) "$@"
+if ! [[ $nnodes =~ ^[0-9]+(:[0-9]+)?$ ]]; then
+    echo "error: NNODES=$nnodes is not a number of nodes (N) or a range (MIN:MAX); set it to one, e.g. 2 or 1:2" >&2
+    exit 2
+fi
+min_nodes=${nnodes%%:*}
+max_nodes=${nnodes##*:}
+whole_number NNODES "$min_nodes" 1
+if (( 10#$min_nodes > 10#$max_nodes )); then
+    echo "error: NNODES=$nnodes: the minimum is above the maximum; give MIN:MAX, e.g. NNODES=1:$min_nodes" >&2
+    exit 2
+fi
+# Every world size the job may take after a membership change: a batch that does not split there
+# is refused now, not by every worker after the change.
+check_config "$(seq -s, $((min_nodes * NPROC)) "$NPROC" $((max_nodes * NPROC)))" "$@"
 if [ -z "${RDZV_ENDPOINT:-}" ]; then
     if [ -n "${SLURM_JOB_NODELIST:-}" ]; then
         head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)
@@ -36,6 +51,7 @@ rdzv_id=${RDZV_ID:-${SLURM_JOB_ID:-mnist_ddp}}
 export MNIST_DDP_RDZV_ENDPOINT=$RDZV_ENDPOINT
 exec "$python" -m torch.distributed.run \
     --nnodes="$nnodes" \
+    --rdzv-conf="last_call_timeout=${RDZV_LAST_CALL_SECONDS:-10}" \
     --nproc_per_node="$NPROC" \
     --rdzv_backend=c10d \
     --rdzv_endpoint="$RDZV_ENDPOINT" \

@@ -16,7 +16,9 @@ One invocation on one machine measures, each in its own process:
   the distributed diagnostics on, as by default), without them, recording a profile, and with
   each DDP option;
 - the diagnostics' cost per step, A/B inside one 2-rank job (``diagnostics_ab``): whole runs
-  differ by +-10% on a shared machine, more than the cost to measure.
+  differ by +-10% on a shared machine, more than the cost to measure;
+- the cost of dropout masks keyed to the samples against masks drawn from the generator, A/B
+  inside one process (``masks_ab``): the default model's training step, blocks taking turns.
 
 Every row shows samples/s, seconds per 60,000-image epoch, its fraction of the limit
 (samples/s over the fastest configuration's GFLOP/s / (6 x parameters)), and the peak resident
@@ -68,6 +70,7 @@ LIMIT_TOLERANCE = 0.10  # a row this far above the limit means the limit was mis
 # (row name, overrides) for the 2-rank rows, each at the default global batch.
 NO_DIAGNOSTICS = ["dist.liveness_seconds=0", "log.rank_times=false"]
 AB_BLOCKS, AB_STEPS = 24, 40  # blocks of steps per variant in the A/B job, taking turns
+MASK_BLOCKS, MASK_BLOCKS_QUICK, MASK_STEPS = 30, 2, 20  # the same for the masks A/B
 DDP_ROWS = [
     ("ddp 2x1 plain", []),
     ("ddp 2x1 no diagnostics", NO_DIAGNOSTICS),
@@ -151,6 +154,9 @@ def worker(kind: str, argument: int, milliseconds: int = 0) -> None:
         ab = diagnostics_ab(argument)
         if ab is not None:
             print(json.dumps(ab))
+        return
+    if kind == "masks":
+        print(json.dumps(masks_ab(argument)))
         return
     if kind == "limit":  # argument: threads (0: torch's default); each precision waits for "go"
         if argument:
@@ -358,9 +364,17 @@ def main(argv: list[str] | None = None) -> int:
     if not limit:
         return code
     annotate(rows, limit)
-    table = "\n".join(filter(None, [format_table(rows, limit), diagnostics_cost(ab)]))
+    masks = ab.pop("masks", None)
+    table = "\n".join(filter(None, [format_table(rows, limit), diagnostics_cost(ab), masks_cost(masks)]))
     say(table)
-    report = {"limit": limit, "rows": rows, "diagnostics_ab": ab or None, "table": table, "complete": code == 0}
+    report = {
+        "limit": limit,
+        "rows": rows,
+        "diagnostics_ab": ab or None,
+        "masks_ab": masks,
+        "table": table,
+        "complete": code == 0,
+    }
     atomic_write_json(args.out, report)
     say(f"\nwrote {args.out}" + ("" if code == 0 else " (the rows that finished)"))
     return code
@@ -384,12 +398,13 @@ def check_bench_arguments(out: str, overrides: list[str]) -> None:
 
 def measure(args: argparse.Namespace, limit: dict[str, Any], rows: list[dict[str, Any]], ab: dict[str, Any]) -> None:
     """Fill ``limit``, append each row to ``rows`` as it finishes (so a failure keeps the finished
-    ones), then fill ``ab`` with the diagnostics A/B (not with --quick)."""
+    ones), then fill ``ab`` with the masks A/B (``ab["masks"]``) and the diagnostics A/B (not with --quick)."""
     limit |= measure_limit(args.quick)
     seed = run_worker("seed", 50 if args.quick else 500)[0]
     rows.append({"name": "seed-loop (blog)", "ranks": 1, **seed, "peak_rss_mb": [seed["peak_rss_mb"]]})
     epochs = ["train.epochs=2"] if args.quick else []
     ddp_epochs = ["train.epochs=2"] if args.quick else ["train.epochs=3"]
+    ab["masks"] = run_worker("masks", MASK_BLOCKS_QUICK if args.quick else MASK_BLOCKS)[0]
     with tempfile.TemporaryDirectory(prefix="mnist_ddp_bench_") as tmp:
         rows.append(train_row("mnist_ddp default", 1, [*epochs, *args.overrides], Path(tmp)))
         for name, options in DDP_ROWS[:1] if args.quick else DDP_ROWS:
@@ -500,6 +515,61 @@ def annotate(rows: list[dict[str, Any]], limit: dict[str, Any]) -> None:
             r["times_floor"] = r["seconds_per_epoch"] / (EPOCH_IMAGES / limit_rate)
         if r["ranks"] > 1 and one is not None:
             r["vs_one_process"] = r["samples_per_second"] / one["samples_per_second"]
+
+
+def masks_ab(blocks: int) -> dict[str, Any]:
+    """The default model's training step (batch 512, AdamW, torch's default threads) with dropout
+    masks keyed to the samples and with masks from the generator; blocks of MASK_STEPS steps take
+    turns. The medians, and the keyed variant's share of the other's samples/s."""
+    import statistics
+
+    import torch
+    import torch.nn.functional as F
+
+    from mnist_ddp.data import normalize_pixels
+    from mnist_ddp.model import build_model
+    from mnist_ddp.sample_noise import DROPOUT_STREAM, sample_keys
+
+    torch.manual_seed(0)
+    model = build_model(load_config(None, []), 784).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    images = normalize_pixels(torch.randint(0, 256, (512, 784), dtype=torch.uint8))
+    labels, samples = torch.randint(0, 10, (512,)), torch.randperm(60_000)[:512]
+    step = torch.zeros((), dtype=torch.int64)
+
+    def block(keyed: bool) -> float:
+        started = time.perf_counter()
+        for _ in range(MASK_STEPS):
+            keys = sample_keys(0, step, samples, DROPOUT_STREAM) if keyed else None
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(model(images, keys), labels).backward()
+            optimizer.step()
+            step.add_(1)
+        return (time.perf_counter() - started) / MASK_STEPS
+
+    block(True), block(False)  # warm-up
+    seconds: dict[bool, list[float]] = {True: [], False: []}
+    for b in range(blocks):
+        for keyed in (True, False) if b % 2 == 0 else (False, True):
+            seconds[keyed].append(block(keyed))
+    keyed, drawn = statistics.median(seconds[True]), statistics.median(seconds[False])
+    return {
+        "keyed_ms_per_step": 1000 * keyed,
+        "generator_ms_per_step": 1000 * drawn,
+        "keyed_over_generator_samples": drawn / keyed,
+        "blocks": blocks,
+    }
+
+
+def masks_cost(masks: dict[str, Any] | None) -> str:
+    """The line under the table: the masks A/B's per-step times."""
+    if not masks:
+        return ""
+    return (
+        f"dropout masks keyed to the samples against drawn from the generator, A/B in one process, medians of"
+        f" {masks['blocks']} alternating blocks of {MASK_STEPS} steps: {masks['keyed_ms_per_step']:.2f} ms/step"
+        f" keyed, {masks['generator_ms_per_step']:.2f} drawn: {masks['keyed_over_generator_samples']:.3f} of samples/s"
+    )
 
 
 def diagnostics_cost(ab: dict[str, Any]) -> str:

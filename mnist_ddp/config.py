@@ -109,6 +109,9 @@ class DistConfig:
 class CheckpointConfig:
     every_steps: int = doc("snapshot every N global steps (0: off), besides the epoch-end snapshots", 500)
     every_epochs: int = doc("snapshot at the end of every N epochs (and always after the last); 0: the last only", 1)
+    every_seconds: float = doc(
+        "also snapshot once this many seconds have passed since the last one, at the next agreement (0: off)", 0.0
+    )
     keep: int = doc("snapshots kept in run.dir/checkpoints (oldest deleted first)", 3)
     check_every_steps: int = doc("steps between the ranks' agreement on stop signals and NaN/inf", 10)
     requeue: bool = doc("on a preemption signal under SLURM, rank 0 runs 'scontrol requeue $SLURM_JOB_ID'", True)
@@ -376,6 +379,12 @@ def validate(cfg: Config) -> None:
         (d.seed_train_size >= 1, "data.seed_train_size", d.seed_train_size, "at least 1"),
         (d.seed_test_size >= 1, "data.seed_test_size", d.seed_test_size, "at least 1"),
         (cfg.checkpoint.every_steps >= 0, "checkpoint.every_steps", cfg.checkpoint.every_steps, "at least 0"),
+        (
+            0 <= cfg.checkpoint.every_seconds <= MAX_SECONDS,
+            "checkpoint.every_seconds",
+            cfg.checkpoint.every_seconds,
+            f"0 (off) or at most {MAX_SECONDS} (a week)",
+        ),
         (cfg.checkpoint.keep >= 1, "checkpoint.keep", cfg.checkpoint.keep, "at least 1"),
         (
             cfg.checkpoint.check_every_steps >= 1,
@@ -472,19 +481,23 @@ def help_text() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m mnist_ddp.config [--world-size N] [--config FILE] [key=value ...]``: print the
-    resolved config as YAML, or its one-line error (exit 2). The launch scripts run it before
-    torchrun starts workers, with the number of ranks they will start."""
+    """``python -m mnist_ddp.config [--world-size N[,N...]] [--config FILE] [key=value ...]``: print
+    the resolved config as YAML, or its one-line error (exit 2). The launch scripts run it before
+    torchrun starts workers, with the number of ranks they will start (every number an elastic
+    job may take)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    world_size = 1
+    world_sizes = [1]
     try:
         if args and args[0].startswith("--world-size"):
             value = args.pop(0).partition("=")[2] or (args.pop(0) if args else "")
-            if not value.isdigit() or int(value) < 1:
-                raise InputError(f"--world-size={value!r}: give the number of ranks, a whole number of at least 1")
-            world_size = int(value)
+            if not all(v.isdigit() and int(v) >= 1 for v in value.split(",")):
+                raise InputError(
+                    f"--world-size={value!r}: give the number of ranks, whole numbers of at least 1 (e.g. 2 or 2,4)"
+                )
+            world_sizes = [int(v) for v in value.split(",")]
         cfg = parse_args(args, prog="python -m mnist_ddp.config")
-        check_world_size(cfg.train, world_size)
+        for world_size in world_sizes:
+            check_world_size(cfg.train, world_size)
     except InputError as e:
         sys.stderr.write(f"error: {e}\n")
         return e.exit_code

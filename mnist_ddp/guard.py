@@ -93,6 +93,8 @@ class Decision:
     stop: bool
     first_bad_step: int | None  # the earliest step any rank saw a non-finite loss or weights
     interrupted_by: int | None = None  # the session signal that stopped the run (no preemption: no requeue)
+    snapshot_due: bool = False  # some rank's clock says checkpoint.every_seconds have passed since a snapshot
+    step: int | None = None  # the global step the check was started at
 
 
 @dataclass
@@ -101,21 +103,24 @@ class PendingCheck:
 
     flags: torch.Tensor
     done: torch.cuda.Event | None  # on CUDA: recorded after the copy to the host
+    step: int
 
 
-def start_check(first_bad: torch.Tensor, model: nn.Module, step: int) -> PendingCheck:
+def start_check(first_bad: torch.Tensor, model: nn.Module, step: int, snapshot_due: bool = False) -> PendingCheck:
     """Every rank calls this at the same steps: queue the agreement without waiting for the device."""
     weights_ok = torch.isfinite(torch.stack([p.detach().sum() for p in model.parameters()])).all()
     bad_here = torch.where(weights_ok, first_bad, torch.clamp(first_bad, max=step))
     stop_here = torch.full((), float(stop_request()), dtype=torch.float64, device=first_bad.device)
-    # max over ranks of [stop, -first bad step] = [anyone asked to stop, -(earliest bad step)].
-    flags = all_reduce_max(torch.stack([stop_here, -bad_here.double()]))
+    due_here = torch.full((), float(snapshot_due), dtype=torch.float64, device=first_bad.device)
+    # max over ranks of [stop, -first bad step, snapshot due] =
+    # [anyone asked to stop, -(earliest bad step), anyone's clock says a snapshot is due].
+    flags = all_reduce_max(torch.stack([stop_here, -bad_here.double(), due_here]))
     if flags.device.type != "cuda":
-        return PendingCheck(flags, None)
+        return PendingCheck(flags, None, step)
     host = flags.to("cpu", non_blocking=True)
     done = torch.cuda.Event()
     done.record()
-    return PendingCheck(host, done)
+    return PendingCheck(host, done, step)
 
 
 def finish_check(pending: PendingCheck) -> Decision:
@@ -129,6 +134,8 @@ def finish_check(pending: PendingCheck) -> Decision:
         stop=request > NO_STOP,
         first_bad_step=None if first_bad_step >= NO_BAD_STEP else first_bad_step,
         interrupted_by=request if NO_STOP < request < PREEMPT else None,
+        snapshot_due=flags[2] > 0,
+        step=pending.step,
     )
 
 
@@ -166,10 +173,11 @@ class StopGuard:
         torch.minimum(self.first_bad, torch.where((loss - loss) != 0, self.step, self.no_bad_step), out=self.first_bad)
         self.step.add_(1)
 
-    def lagged(self, step: int) -> Decision:
-        """The decision of the previous check (go on when there was none), and queue this step's check."""
+    def lagged(self, step: int, snapshot_due: bool = False) -> Decision:
+        """The decision of the previous check (go on when there was none), and queue this step's
+        check (with this rank's view of whether a timed snapshot is due)."""
         decision = finish_check(self.pending) if self.pending is not None else Decision(False, None)
-        self.pending = start_check(self.first_bad, self.model, step)
+        self.pending = start_check(self.first_bad, self.model, step, snapshot_due)
         return decision
 
     def now(self, step: int) -> Decision:

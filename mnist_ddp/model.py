@@ -7,31 +7,36 @@ import hashlib
 import torch
 from torch import nn
 
+from mnist_ddp import sample_noise
 from mnist_ddp.config import Config
 
 
 class BitsDropout(nn.Module):
-    """Dropout drawing its mask from 16 random bits per element.
+    """Dropout whose mask comes from 16 random bits per element.
 
-    On CPUs ``nn.Dropout``'s ``bernoulli_`` costs ~1 ms for a 512 x 128 batch, about 8% of a
-    training step; ``randint`` over whole 64-bit words makes the same mask in a tenth of that.
-    ``p`` is kept to 1/65536 (0.5 exactly). On a GPU torch's own dropout is one fused kernel
-    forward and one backward, where this is four and one: there it is used instead.
+    Given each sample's key (:func:`mnist_ddp.sample_noise.sample_keys`: seed, global step, the
+    sample's index in the dataset), the mask is a hash of (key, unit): the same for a sample at
+    any world size, after any resume, on CPU or GPU. Without keys it draws from the generator,
+    ``randint`` over whole 64-bit words: on CPUs ``nn.Dropout``'s ``bernoulli_`` costs ~1 ms for a
+    512 x 128 batch, about 8% of a training step, and this a tenth of that. ``p`` is kept to
+    1/65536 (0.5 exactly).
     """
 
-    def __init__(self, p: float) -> None:
+    def __init__(self, p: float, width: int) -> None:
         super().__init__()
-        self.p = p
-        self.threshold = round(p * 65536) - 32768  # keep an element when its int16 draw >= threshold
-        self.scale = 1 / (1 - (self.threshold + 32768) / 65536)
+        self.p, self.width = p, width
+        self.draw_threshold = round(p * 65536)  # keep an element when its 16-bit draw is at least this
+        self.scale = 1 / (1 - self.draw_threshold / 65536)
+        self.register_buffer("unit_words", sample_noise.unit_words(width), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
-        if x.is_cuda:
-            return nn.functional.dropout(x, self.p, training=True)
-        words = torch.randint(-(2**63), 2**63 - 1, (-(-x.numel() // 4),), dtype=torch.int64, device=x.device)
-        keep = words.view(torch.int16)[: x.numel()].view(x.shape) >= self.threshold
+        if keys is not None:
+            keep = sample_noise.keep_mask(keys, self.unit_words, self.draw_threshold)
+        else:
+            words = torch.randint(-(2**63), 2**63 - 1, (-(-x.numel() // 4),), dtype=torch.int64, device=x.device)
+            keep = words.view(torch.int16)[: x.numel()].view(x.shape) >= self.draw_threshold - 32768
         return x * (keep * self.scale)
 
     def extra_repr(self) -> str:
@@ -53,11 +58,14 @@ class MLP(nn.Module):
         for h in hidden:
             layers += [nn.Linear(width, h), nn.ReLU()]
             width = h
-        layers += [BitsDropout(dropout), nn.Linear(width, num_classes)]
+        layers += [BitsDropout(dropout, width), nn.Linear(width, num_classes)]
         self.layers = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
+    def forward(self, x: torch.Tensor, sample_keys: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits; ``sample_keys`` (one per row of ``x``) key the dropout masks to the samples."""
+        for layer in self.layers:
+            x = layer(x, sample_keys) if isinstance(layer, BitsDropout) else layer(x)
+        return x
 
 
 def build_model(cfg: Config, in_features: int) -> MLP:

@@ -22,7 +22,9 @@ from mnist_ddp.cuda_graphs import GraphedStep, uncaptured_steps_expected
 from mnist_ddp.data import Splits, normalize_pixels, shift_images
 from mnist_ddp.errors import InputError
 from mnist_ddp.guard import StopGuard
+from mnist_ddp.model import BitsDropout
 from mnist_ddp.optimizer import HOST_SCHEDULES, step_schedule
+from mnist_ddp.sample_noise import DROPOUT_STREAM, SHIFT_STREAM, sample_keys, shift_offsets
 
 
 def check_step_options(tc: TrainConfig, device: torch.device, world_size: int) -> None:
@@ -72,11 +74,12 @@ class TrainStep:
         fault: fault_injection.Fault | None,
         backward_returned: Callable[[], None] = lambda: None,
         bf16: bool = False,
+        seed: int = 0,
     ) -> None:
         """``bf16``: forward in bf16 autocast (train.bf16 as :func:`mnist_ddp.precision.choose_bf16` decided)."""
         self.tc, self.data, self.model, self.ddp_model = tc, data, model, ddp_model
         self.optimizer, self.schedule, self.guard = optimizer, schedule, guard
-        self.batch_size, self.fault = batch_size, fault
+        self.batch_size, self.fault, self.seed = batch_size, fault, seed
         self.backward_returned = backward_returned  # the end of the wait for the other ranks' gradients
         self.forward = torch.compile(ddp_model) if tc.compile else ddp_model
         device_type = data.train_images.device.type
@@ -88,6 +91,7 @@ class TrainStep:
         self.soft_targets = smoothed_targets(
             tc.label_smoothing, model.layers[-1].out_features, data.train_labels.device
         )
+        self.dropout = any(isinstance(m, BitsDropout) and m.p > 0 for m in model.modules())
         self.graph: GraphedStep | None = None
 
     def capture(self, step_losses: torch.Tensor, shard_len: int) -> None:
@@ -132,15 +136,22 @@ class TrainStep:
         return loss
 
     def batch_loss(self, batch: torch.Tensor) -> torch.Tensor:
-        """Mean loss over the images at indices ``batch`` (shifted when train.augment_shift > 0)."""
+        """Mean loss over the images at indices ``batch`` (shifted when train.augment_shift > 0).
+
+        Each image's shift and dropout mask are keyed to (seed, global step, its index): the
+        guard's step counter is the global step, on the device, so a CUDA graph reads it too.
+        """
         if self.train_inputs is not None:
             images = self.train_inputs[batch]
         else:
             images = normalize_pixels(self.data.train_images[batch])
+        step = self.guard.step
         if self.tc.augment_shift:
-            images = shift_images(images, self.tc.augment_shift)
+            offsets = shift_offsets(sample_keys(self.seed, step, batch, SHIFT_STREAM), self.tc.augment_shift)
+            images = shift_images(images, self.tc.augment_shift, offsets)
+        keys = sample_keys(self.seed, step, batch, DROPOUT_STREAM) if self.dropout else None
         with self.autocast:
-            logits = self.forward(images).float()
+            logits = self.forward(images, keys).float()
         labels = self.data.train_labels[batch]
         if self.soft_targets is None:
             return F.cross_entropy(logits, labels)

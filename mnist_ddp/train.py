@@ -35,7 +35,7 @@ from mnist_ddp.checkpoint import (
     snapshot_dir,
 )
 from mnist_ddp.config import Config, check_world_size, parse_args, to_dict, to_yaml
-from mnist_ddp.console import say, warn
+from mnist_ddp.console import say
 from mnist_ddp.data import epoch_permutation, load_on_every_rank, shard_indices, to_device_without_waiting
 from mnist_ddp.distributed import (
     Launch,
@@ -81,7 +81,8 @@ class Trainer:
         self.data_fingerprint = self.data.fingerprint()
         agreement.check_ranks_agree(self.data_fingerprint)
         self.model = build_model(cfg, self.data.in_features).to(device)
-        # Same initial weights on every rank (seeded above); different dropout masks per rank.
+        # Same initial weights on every rank (seeded above). The dropout masks and shifts are keyed to
+        # the samples (mnist_ddp.sample_noise); the generators, per rank, serve nothing in training.
         torch.manual_seed(cfg.seed + self.rank)
         self.clock = timing.RankClock(device, cfg.log.rank_times)
         ddp_model = wrap_ddp(self.model, device, cfg.dist)
@@ -106,6 +107,7 @@ class Trainer:
             fault,
             self.clock.gradients_reduced,
             self.bf16,
+            cfg.seed,
         )
         self.wandb_run: Any = None
 
@@ -120,6 +122,8 @@ class Trainer:
         self.profiler = None
         self.resumed_from: Snapshot | None = None
         self.progress = Progress()
+        # For checkpoint.every_seconds: the clock starts with the run (a resume continues from a snapshot).
+        self.last_snapshot_at, self.last_snapshot_step = time.monotonic(), -1
 
     def run(self) -> dict[str, Any]:
         """Hold run.dir, continue from its snapshot or start, train, write the outputs; rank 0 returns the summary."""
@@ -164,7 +168,7 @@ class Trainer:
         step, seed = progress.global_step, self.cfg.seed
         inexact = restore_streams(snapshot.host_rng, snapshot.rng, self.rank, self.world_size, seed, step, self.device)
         if inexact and self.is_main:
-            warn(f"{inexact}: the data order continues exactly, the dropout masks from a new random stream")
+            say(f"{inexact}: the data order, dropout masks and shifts continue exactly (they belong to the samples)")
         if not self.is_main:
             progress.loss_carry = 0.0  # rank 0 carries the loss of the steps before the snapshot
         return progress
@@ -270,14 +274,19 @@ class Trainer:
             self.step(batch, p.global_step, self.step_losses, position)
 
     def check_after_step(self) -> None:
-        """At a snapshot step agree at once and snapshot; at a check step act on the previous check."""
+        """At a snapshot step agree at once and snapshot; at a check step act on the previous check,
+        which may say that checkpoint.every_seconds have passed (on any rank's clock)."""
         step, ck = self.progress.global_step, self.cfg.checkpoint
         if ck.every_steps > 0 and step % ck.every_steps == 0:
             self.agree_and_snapshot()
         elif step % ck.check_every_steps == 0:
+            due = 0 < ck.every_seconds <= time.monotonic() - self.last_snapshot_at
             with self.phase("agreement"):
-                decision = self.guard.lagged(step)
+                decision = self.guard.lagged(step, due)
             self.obey(decision)
+            # Unless a snapshot was written since that check began (every rank knows the same steps).
+            if decision.snapshot_due and decision.step is not None and self.last_snapshot_step < decision.step:
+                self.snapshot()
 
     def phase(self, name: str):
         """A phase every rank runs (agreement, evaluation, snapshot): timed, marked, named in a profile."""
@@ -334,7 +343,9 @@ class Trainer:
     def snapshot(self) -> Path | None:
         """Every rank calls this (it gathers RNG states and the loss); rank 0 writes the file."""
         with self.phase("snapshot"):
-            return self.write_snapshot()
+            path = self.write_snapshot()
+        self.last_snapshot_at, self.last_snapshot_step = time.monotonic(), self.progress.global_step
+        return path
 
     def write_snapshot(self) -> Path | None:
         """The snapshot's collectives on every rank, and rank 0's write."""

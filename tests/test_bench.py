@@ -122,6 +122,11 @@ def test_quick_benchmark_prints_a_table_and_writes_json(tmp_path):
         assert row["samples_per_second"] > 0
         assert row["fraction_of_limit"] > 0  # (8x8 digits need fewer FLOPs than the MNIST model it assumes)
         assert len(row["peak_rss_mb"]) == row["ranks"] and all(m > 50 for m in row["peak_rss_mb"])
+    masks = report["masks_ab"]  # keyed dropout masks against drawn ones, A/B in one process
+    assert masks["blocks"] == bench.MASK_BLOCKS_QUICK and masks["keyed_ms_per_step"] > 0
+    ratio = masks["generator_ms_per_step"] / masks["keyed_ms_per_step"]
+    assert masks["keyed_over_generator_samples"] == pytest.approx(ratio)
+    assert "dropout masks keyed to the samples against drawn from the generator" in result.stdout
     default, ddp = report["rows"][1], report["rows"][2]
     assert default["final_accuracy"] > 0.8 and ddp["final_accuracy"] > 0.8
     assert ddp["vs_one_process"] == ddp["samples_per_second"] / default["samples_per_second"]

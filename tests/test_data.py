@@ -487,7 +487,8 @@ def test_shift_images_moves_each_image_by_at_most_max_shift_and_fills_background
     dot = torch.zeros(1, 28 * 28)
     dot[0, 14 * 28 + 14] = 255
     images = data.normalize_pixels(dot).repeat(2000, 1)
-    shifted = data.shift_images(images, 2)
+    offsets = torch.randint(0, 5, (2000, 2))
+    shifted = data.shift_images(images, 2, offsets)
     assert shifted.shape == images.shape
     background = data.normalize_pixels(torch.zeros(1))[0]
     positions = shifted.argmax(dim=1)
@@ -496,4 +497,5 @@ def test_shift_images_moves_each_image_by_at_most_max_shift_and_fills_background
     assert torch.equal((shifted > background + 1).sum(dim=1), torch.ones(2000, dtype=torch.long))
     assert set(zip(rows.tolist(), cols.tolist(), strict=True)) == {(y, x) for y in range(-2, 3) for x in range(-2, 3)}
     assert torch.isclose(shifted[shifted < background + 1], background).all()
-    assert torch.equal(data.shift_images(images, 0), images)
+    assert torch.equal(rows, 2 - offsets[:, 0]) and torch.equal(cols, 2 - offsets[:, 1])  # (rows, columns) as given
+    assert torch.equal(data.shift_images(images, 0, torch.zeros(2000, 2, dtype=torch.long)), images)

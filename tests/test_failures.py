@@ -557,7 +557,10 @@ def test_predict_refuses_blank_and_oversized_images_and_reads_the_rest(tmp_path)
         # The launch scripts' own settings (torchrun printed a traceback for these).
         ("local.sh", {"NPROC": "abc"}, SMOKE, "NPROC=abc is not a whole number of at least 1"),
         ("local.sh", {"NPROC": "0"}, SMOKE, "NPROC=0 is not a whole number of at least 1"),
-        ("node.sh", {"NPROC": "1", "NNODES": "-1"}, SMOKE, "NNODES=-1 is not a whole number of at least 1"),
+        ("node.sh", {"NPROC": "1", "NNODES": "-1"}, SMOKE, "NNODES=-1 is not a number of nodes (N) or a range"),
+        # An elastic job: every world size it may take after a membership change, checked at the start.
+        ("node.sh", {"NPROC": "1", "NNODES": "1:3"}, SMOKE, "train.batch_size=64 does not split evenly across 3 ranks"),
+        ("node.sh", {"NPROC": "1", "NNODES": "3:1"}, SMOKE, "NNODES=3:1: the minimum is above the maximum"),
         ("local.sh", {"NPROC": "2", "MAX_RESTARTS": "x"}, SMOKE, "MAX_RESTARTS=x is not a whole number of at least 0"),
     ],
 )

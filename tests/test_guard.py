@@ -34,7 +34,18 @@ def test_record_keeps_the_first_non_finite_step():
 def test_agree_on_a_healthy_model_says_go_on():
     model = MLP(8, [4], 0.0)
     decision = guard.agree(torch.tensor(guard.NO_BAD_STEP), model, step=10)
-    assert decision == guard.Decision(stop=False, first_bad_step=None)
+    assert decision == guard.Decision(stop=False, first_bad_step=None, step=10)
+
+
+def test_a_timed_snapshot_is_due_when_any_rank_says_so():
+    model, first_bad = MLP(8, [4], 0.0), torch.tensor(guard.NO_BAD_STEP)
+    assert guard.finish_check(guard.start_check(first_bad, model, 30, snapshot_due=True)).snapshot_due
+    assert not guard.finish_check(guard.start_check(first_bad, model, 30)).snapshot_due
+    recorder = guard.StopGuard(model, torch.device("cpu"))
+    assert recorder.lagged(10, snapshot_due=True) == guard.Decision(False, None)  # nothing in flight yet
+    decision = recorder.lagged(20)  # the check started at step 10 arrives one check later
+    assert decision.snapshot_due and decision.step == 10
+    assert not recorder.lagged(30).snapshot_due
 
 
 def test_agree_reports_the_bad_step_and_nan_weights():

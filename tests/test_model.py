@@ -8,6 +8,7 @@ from torch import nn
 
 from mnist_ddp.data import PIXEL_MEAN, PIXEL_STD, normalize_pixels
 from mnist_ddp.model import MLP, BitsDropout, parameter_count
+from mnist_ddp.sample_noise import DROPOUT_STREAM, sample_keys
 
 
 def test_blog_architecture_and_parameter_count():
@@ -46,14 +47,16 @@ def test_normalize_pixels_matches_the_formula_and_leaves_its_input_alone():
 
 
 @pytest.mark.parametrize("p", [0.5, 0.1, 0.9])
-def test_bits_dropout_drops_a_fraction_p_and_keeps_the_mean(p):
+@pytest.mark.parametrize("keyed", [False, True])
+def test_bits_dropout_drops_a_fraction_p_and_keeps_the_mean(p, keyed):
     torch.manual_seed(0)
-    drop = BitsDropout(p).train()
-    out = drop(torch.ones(400, 1000))
+    drop = BitsDropout(p, 1000).train()
+    keys = sample_keys(0, torch.tensor(7), torch.arange(400), DROPOUT_STREAM) if keyed else None
+    out = drop(torch.ones(400, 1000), keys)
     dropped = (out == 0).float().mean().item()
     assert abs(dropped - p) < 0.005
     assert abs(out.mean().item() - 1) < 0.02  # survivors are scaled by 1 / (1 - p)
-    assert torch.equal(BitsDropout(0.0).train()(out), out)
+    assert torch.equal(BitsDropout(0.0, 1000).train()(out), out)
 
 
 def test_dropout_only_in_training():

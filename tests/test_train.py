@@ -213,3 +213,15 @@ def test_a_cpu_snapshot_resumes_exactly_under_another_device_setting(tmp_path):
         return next(line for line in out.splitlines() if line.startswith("parameter_hash")).split()[-1]
 
     assert digest(second.stdout) == digest(first.stdout)
+
+
+def test_timed_snapshots_come_at_the_next_agreement_after_every_seconds(tmp_path):
+    # The step snapshots off: each time checkpoint.every_seconds have passed, the next agreement (every
+    # 10 steps) says so on every rank and the one after writes the snapshot: steps 20 and 40, then the end.
+    run_dir = tmp_path / "run"
+    timed = ["checkpoint.every_steps=0", "checkpoint.every_epochs=0", "checkpoint.every_seconds=0.001"]
+    args = ["--config", str(CONFIGS / "smoke.yaml"), "train.epochs=2", "log.plots=false", *timed]
+    result = run_in_process("mnist_ddp.train", *args, f"run.dir={run_dir}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    snapshots = sorted(p.name for p in (run_dir / "checkpoints").glob("step_*.pt"))
+    assert snapshots == ["step_0000020.pt", "step_0000040.pt", "step_0000046.pt"]
