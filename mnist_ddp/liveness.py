@@ -115,6 +115,10 @@ def judge(me: int, marks: int, stalled: float, limit: float, seen: dict[int, See
         return Verdict(culprits)
     if stalled <= limit:
         return None
+    # A peer whose beat stopped moving may be frozen (SIGSTOP, a lost node) while this rank was already
+    # waiting on it: wait until it can be called silent, rather than call this rank stuck first.
+    if any(s.record.state == RUNNING and now - s.beat_moved > 2 * poll for s in seen.values()):
+        return None
     behind = [r for r, s in seen.items() if s.record.state == RUNNING and s.record.marks < marks]
     if not behind:
         return Verdict([])

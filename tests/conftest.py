@@ -30,12 +30,13 @@ os.environ["WANDB_MODE"] = "disabled"
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
 # The digits run that the fault-tolerance and multi-node tests interrupt, resume and compare:
-# long enough to stop mid-run (460 steps, ~7 s on 2 ranks), with a snapshot every 20 steps
-# (23 an epoch). No figures: they cost each run 1.5 s, and these tests compare weights.
+# long enough to stop mid-run (276 steps, ~5 s on 2 ranks), with a snapshot every 20 steps
+# (23 an epoch); tests that stop it at a moment they observe rather than at a fault's step slow
+# it down with a `slow` fault where that moment can come late. No figures: these tests compare weights.
 SMOKE_LONG = [
     "--config",
     str(CONFIGS / "smoke.yaml"),
-    "train.epochs=20",
+    "train.epochs=12",
     "checkpoint.every_steps=20",
     "log.plots=false",
 ]

@@ -85,7 +85,7 @@ def wait_for_line(proc: subprocess.Popen, text: str) -> None:
 def test_sigterm_saves_a_snapshot_exits_75_and_resumes_exactly(tmp_path, reference):
     run_dir = tmp_path / "run"
     proc = launch(PYTHON, run_dir)
-    wait_for_line(proc, "epoch  2/20")
+    wait_for_line(proc, "epoch  2/12")
     proc.send_signal(signal.SIGTERM)
     code, _, err = finish(proc)
     assert code == EXIT_PREEMPTED
@@ -107,7 +107,7 @@ def test_a_signal_to_torchrun_stops_every_rank_at_the_same_step(tmp_path, refere
     # from SLURM in tests/test_slurm.py and tests/test_multinode.py.
     run_dir = tmp_path / "run"
     proc = launch_script(run_dir)
-    wait_for_line(proc, "epoch  2/20")
+    wait_for_line(proc, "epoch  2/12")
     proc.send_signal(signal.SIGTERM)  # to torchrun's agent, which forwards it to its workers
     code, _, err = finish(proc)
     assert code != 0

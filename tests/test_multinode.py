@@ -24,8 +24,8 @@ from mnist_ddp.fault_injection import PRINT_HASH_ENV
 
 HOSTS = REPO / "tests" / "slurm" / "two_hosts.sh"
 ARGS = SMOKE_LONG  # long enough to lose a node or preempt it between its first snapshot and its end
-# scancel's signal reaches a job a variable while after the test sees the run's progress: 10 ms
-# more per step from step 40 (4 s over the run, weights unchanged) keeps it going until then.
+# What a test does once it sees the run's progress (scancel's signal, a second job's start) lands a
+# variable while later: 10 ms more per step from step 40 (weights unchanged) keeps the run going.
 SLOWER = {"MNIST_DDP_TEST_FAULT": "slow:0:40:0.01"}
 TOOLS = ("ip", "nsenter", "unshare", "taskset", "mount")
 
@@ -91,7 +91,7 @@ def test_torchrun_across_two_hosts_matches_one_host_and_owns_its_rendezvous(host
     # While the job trains, a second job on its rendezvous port is refused in one line, naming the first.
     second = threading.Thread(target=start_second_job, args=(hosts, tmp_path))
     second.start()
-    results = node_sh(hosts, tmp_path, "node1:29400", [])
+    results = node_sh(hosts, tmp_path, "node1:29400", [], **SLOWER)  # still training when the second one checks
     second.join()
     assert [code for code, _ in results] == [0, 0], results[0][1][-2000:] + results[1][1][-2000:]
     other = (tmp_path / "other.log").read_text()
@@ -102,7 +102,7 @@ def test_torchrun_across_two_hosts_matches_one_host_and_owns_its_rendezvous(host
     assert not (tmp_path / "other").exists()
     assert [final_hashes(log) for _, log in results] == [{two_rank_hash}, {two_rank_hash}]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert (summary["world_size"], summary["epochs"], summary["threads_per_rank"]) == (2, 20, 1)
+    assert (summary["world_size"], summary["epochs"], summary["threads_per_rank"]) == (2, 12, 1)
     assert sum("final test accuracy" in log for _, log in results) == 1  # one set of outputs, by rank 0
 
 
@@ -256,7 +256,7 @@ def test_a_node_lost_mid_run_is_requeued_and_resumes_to_the_same_weights(slurm2,
 
 def test_preempting_a_two_node_job_stops_both_hosts_at_one_step(slurm2, two_rank_hash, tmp_path):
     job_id, log_path = submit(slurm2, tmp_path, **SLOWER)
-    wait_for_text(log_path, "epoch  2/20")
+    wait_for_text(log_path, "epoch  2/12")
     signal = subprocess.run(["scancel", "--signal=USR1", "--full", job_id], env=slurm2, capture_output=True, text=True)
     assert signal.returncode == 0, signal.stderr
     fields = wait_for_end(slurm2, job_id)

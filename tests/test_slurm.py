@@ -79,6 +79,6 @@ def test_sbatch_runs_the_job_to_completion(uninterrupted, two_rank_hash):
     assert fields["ExitCode"] == "0:0"
     assert "final test accuracy" in log and "site set-up: done" in log
     summary = json.loads((uninterrupted["run_dir"] / "summary.json").read_text())
-    assert (summary["world_size"], summary["backend"], summary["epochs"]) == (2, "gloo", 20)
+    assert (summary["world_size"], summary["backend"], summary["epochs"]) == (2, "gloo", 12)
     assert summary["test_examples"] == 360 and summary["test_accuracy"] > 0.9
     assert final_hashes(log) == {two_rank_hash}  # as 2 ranks under torchrun --standalone
