@@ -179,6 +179,11 @@ def run_worker(kind: str, argument: int, concurrent: int = 1) -> list[dict[str, 
     """Start ``concurrent`` copies of a worker at once; their JSON results."""
     command = [sys.executable, "-m", "mnist_ddp.bench", f"--worker={kind}:{argument}"]
     procs = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(concurrent)]
+    return worker_results(procs, kind)
+
+
+def worker_results(procs: list[subprocess.Popen], kind: str) -> list[dict[str, Any]]:
+    """Each worker's JSON result (its last line), once all have exited; a failed one is a JobError."""
     results = []
     for p in procs:
         out, _ = p.communicate()
@@ -208,13 +213,7 @@ def run_limit_workers(threads: int, concurrent: int, seconds: float = LIMIT_SECO
                 assert p.stdin is not None
                 p.stdin.write("go\n")
                 p.stdin.flush()
-        results = []
-        for p in procs:
-            out, _ = p.communicate()
-            if p.returncode != 0:
-                raise JobError(f"benchmark worker limit failed (exit {p.returncode})")
-            results.append(json.loads(out.strip().splitlines()[-1]))
-        return results
+        return worker_results(procs, "limit")
     finally:
         for p in procs:
             if p.poll() is None:

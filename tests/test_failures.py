@@ -496,7 +496,7 @@ def test_elapsed_counts_from_python_not_from_a_shell_that_exec_d_it(tmp_path):
     code = "from mnist_ddp import metrics; print(metrics.seconds_since_start())"
     script = f"sleep 3; exec {sys.executable} -c '{code}'"
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True, cwd=REPO).stdout
-    assert float(out) < 2
+    assert float(out) < 3  # from the shell it would be the 3 s of sleep plus Python's start (2 s under load)
 
 
 def rgba_digit(dark_strokes: bool) -> Image.Image:

@@ -104,7 +104,7 @@ def launch_script(run_dir: Path) -> subprocess.Popen:
 
 def test_a_signal_to_torchrun_stops_every_rank_at_the_same_step(tmp_path, reference):
     # SIGTERM here; SIGUSR1, which the launch scripts make torchrun forward too, reaches the agents
-    # from SLURM in tests/test_slurm.py and tests/test_multinode.py.
+    # from SLURM in tests/test_multinode.py.
     run_dir = tmp_path / "run"
     proc = launch_script(run_dir)
     wait_for_line(proc, "epoch  2/12")

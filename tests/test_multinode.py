@@ -217,7 +217,10 @@ def test_sbatch_on_two_nodes_completes_and_matches_one_host(slurm2, two_rank_has
     holder = on_host(slurm2, "node1", [sys.executable, "-c", HOLD_PORTS], tmp_path / "holder.log")
     try:
         wait_for_text(tmp_path / "holder.log", "holding", timeout=30)
-        job_id, log_path = submit(slurm2, tmp_path)
+        # A site file reading a variable that is not set, as module-load scripts do: it must not kill the job.
+        site = tmp_path / "site.sh"
+        site.write_text('echo "site set-up: ${MNIST_DDP_NOT_SET_ANYWHERE}done"\n')
+        job_id, log_path = submit(slurm2, tmp_path, MNIST_DDP_SETUP=str(site))
         fields = wait_for_end(slurm2, job_id)
     finally:
         holder.kill()
@@ -229,7 +232,9 @@ def test_sbatch_on_two_nodes_completes_and_matches_one_host(slurm2, two_rank_has
     assert final_hashes(log) == {two_rank_hash}
     summary = json.loads((tmp_path / "runs" / f"slurm-{job_id}" / "summary.json").read_text())
     # One CPU per task from SLURM: one thread per rank, with no train.threads given.
-    assert (summary["world_size"], summary["threads_per_rank"]) == (2, 1)
+    assert (summary["world_size"], summary["threads_per_rank"], summary["backend"]) == (2, 1, "gloo")
+    assert summary["test_examples"] == 360 and summary["test_accuracy"] > 0.9 and summary["epochs"] == 12
+    assert "site set-up: done" in log and sum("final test accuracy" in line for line in log.splitlines()) == 1
 
 
 def test_a_node_lost_mid_run_is_requeued_and_resumes_to_the_same_weights(slurm2, two_rank_hash, tmp_path):
