@@ -9,6 +9,7 @@ line (or printed, with ``MNIST_DDP_DEBUG=1``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -115,3 +116,20 @@ def run_command(
         liveness.stop(clean)
         distributed.shutdown(clean)
     return 0
+
+
+def exit_process(code: int) -> None:
+    """End a launched rank's process with ``code`` once its outputs are flushed, skipping the
+    interpreter's finalization.
+
+    Everything the job owns is closed by then (process group, watchdog, wandb, files). What is
+    left for finalization is torch's C++ objects, and a rank of a finished 2-node job was seen
+    to abort there ("terminate called without an active exception", exit -6), which torchrun
+    takes for a failure and restarts. One process without a launcher exits normally.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        sys.exit(code)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed or vanished reader: nothing left to say
+            stream.flush()
+    os._exit(code)

@@ -26,7 +26,7 @@ from mnist_ddp.checkpoint import SavedWeights, load_weights_into, model_settings
 from mnist_ddp.config import Config, check_path_names, load_config
 from mnist_ddp.console import say
 from mnist_ddp.data import load_on_every_rank
-from mnist_ddp.entry import run_command
+from mnist_ddp.entry import exit_process, run_command
 from mnist_ddp.errors import InputError
 from mnist_ddp.evaluation import confusion_text, evaluate_across_ranks
 from mnist_ddp.model import build_model
@@ -102,4 +102,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -47,7 +47,7 @@ from mnist_ddp.distributed import (
     threads_per_rank,
     wrap_ddp,
 )
-from mnist_ddp.entry import keep_tracebacks_in, run_command
+from mnist_ddp.entry import exit_process, keep_tracebacks_in, run_command
 from mnist_ddp.errors import Diverged, Interrupted, Preempted
 from mnist_ddp.evaluation import EvalCounts, evaluate_across_ranks
 from mnist_ddp.model import build_model, parameter_count, parameter_hash
@@ -502,4 +502,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())
