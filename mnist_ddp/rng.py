@@ -60,9 +60,10 @@ def restore_plan(saved: str, device_type: str) -> tuple[bool, bool]:
     """(restore the saved CUDA generator state, the streams continue exactly) for a snapshot
     saved on ``saved`` and resumed on ``device_type``. The CPU generator state is always restored.
 
-    CPU -> CUDA: there is no CUDA state to restore (the dropout masks, drawn on the GPU, take a
-    new stream). CUDA -> CPU: the CPU state is restored, but the masks were drawn from the CUDA
-    generator, so they cannot continue either.
+    CPU -> CUDA: there is no CUDA state to restore, so the CUDA generator takes a new stream;
+    CUDA -> CPU: the CUDA state has nowhere to go. Training draws nothing from these generators
+    (the masks and shifts are keyed to the samples, :mod:`mnist_ddp.sample_noise`), so this only
+    decides what the resume line says.
     """
     return saved == "cuda" and device_type == "cuda", saved == device_type
 
@@ -80,9 +81,10 @@ def restore_streams(
 ) -> str | None:
     """Continue this rank's random streams where a snapshot of ``len(per_rank)`` ranks left them.
 
-    The host streams (and so the data order) always continue exactly. The dropout masks continue
-    exactly only with the same world size and device type; otherwise each rank's generators are
-    reseeded from (seed, rank, step). Returns None when exact, else why not (for a warning).
+    The host streams (and so the data order) always continue exactly. The torch generators
+    continue exactly only with the same world size and device type; otherwise each rank's are
+    reseeded from (seed, rank, step). Training's masks and shifts come from none of them (they are
+    keyed to the samples). Returns None when exact, else what changed (for the resume line).
     """
     set_host_rng_state(host)
     if len(per_rank) == world_size:
