@@ -151,13 +151,22 @@ def connect_store(launch: Launch, timeout_seconds: float, host_it: bool = False)
     )
 
 
+def agent_hosts_store() -> bool:
+    """Whether torchrun's agent hosts the workers' store (else rank 0 does, as under srun, or in
+    an elastic job launched by launch/node.sh)."""
+    return os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+
+
 def job_store(store: dist.Store) -> dist.PrefixStore:
     """This job's and this attempt's keys in ``store``.
 
-    After an elastic restart the store can still hold the dead workers' addresses, and gloo would
-    dial them ("Connection refused"); a prefix per job and attempt keeps each apart.
+    The store torchrun's agent hosts outlives its workers: after a restart it still holds the
+    dead workers' addresses, and gloo would dial them ("Connection refused"); a prefix per job and
+    attempt keeps each apart. A store that rank 0 hosts is new with every attempt, and there the
+    attempt must not count: in an elastic job a node that joins later has restarted fewer times
+    than the others, so its ranks would wait under another prefix.
     """
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") if agent_hosts_store() else "0"
     return dist.PrefixStore(f"mnist_ddp/{job_id() or 'job'}/attempt_{attempt}", store)
 
 
@@ -198,8 +207,6 @@ def claim_rendezvous(timeout_seconds: float, env: Mapping[str, str] = os.environ
 def init(launch: Launch, backend: str, device: torch.device, timeout_seconds: float) -> dist.Store | None:
     """Claim the job's stores and join the process group; this job's keys in the store (None for
     one process, which needs no group but still claims launch/node.sh's rendezvous)."""
-    # Under torchrun the agent hosts the store; otherwise (srun) rank 0 does.
-    agent_hosts_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     timeout = timedelta(seconds=timeout_seconds)
     address = f"{launch.master_addr}:{launch.master_port}"
     try:
@@ -207,7 +214,7 @@ def init(launch: Launch, backend: str, device: torch.device, timeout_seconds: fl
         if launch.world_size == 1:
             return None
         rendezvous.check_reachable_hostname(backend)
-        store = connect_store(launch, timeout_seconds, host_it=launch.rank == 0 and not agent_hosts_store)
+        store = connect_store(launch, timeout_seconds, host_it=launch.rank == 0 and not agent_hosts_store())
         claim_store(store, address)
         keys = job_store(store)
         rendezvous.join(keys, launch.rank, launch.world_size, address, timeout_seconds)

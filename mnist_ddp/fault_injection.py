@@ -10,19 +10,26 @@ MNIST_DDP_TEST_FAULT="KIND:RANK:STEP[:ARG]" makes that rank, at that global step
          scheduler would, at a step the test knows.
 kill and hang strike on torchrun's first attempt only, so that the restarted workers get through.
 MNIST_DDP_TEST_PRINT_HASH=1 makes every rank print its final parameter hash.
+MNIST_DDP_TEST_SAMPLE_LOG=DIR makes every rank append, for each step it trains, a line
+"wall_time global_step world_size rank index,index,..." (the training images it took) to a file
+of its own in DIR, so that a test can count every image of every step across membership changes.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
 
 import torch
 
 FAULT_ENV = "MNIST_DDP_TEST_FAULT"
 PRINT_HASH_ENV = "MNIST_DDP_TEST_PRINT_HASH"
+SAMPLE_LOG_ENV = "MNIST_DDP_TEST_SAMPLE_LOG"
 KINDS = ("raise", "kill", "nan", "hang", "slow", "signal")
 
 
@@ -79,3 +86,20 @@ def inject(fault: Fault | None, step: int, loss: torch.Tensor | None) -> torch.T
 def print_hash_requested() -> bool:
     """Whether every rank should print its final parameter hash."""
     return os.environ.get(PRINT_HASH_ENV) == "1"
+
+
+def open_sample_log(rank: int) -> TextIO | None:
+    """This rank's sample log, when the environment asks for one (line-buffered: a killed rank's
+    finished steps are on disk)."""
+    folder = os.environ.get(SAMPLE_LOG_ENV)
+    if not folder:
+        return None
+    path = Path(folder) / f"{socket.gethostname()}-{os.getpid()}-rank{rank}.txt"
+    return path.open("a", buffering=1)
+
+
+def log_samples(log: TextIO | None, global_step: int, world_size: int, rank: int, batch: torch.Tensor) -> None:
+    """One line for the step that just trained on ``batch`` (dataset indices), if logging."""
+    if log is not None:
+        indices = ",".join(str(i) for i in batch.tolist())
+        log.write(f"{time.time():.3f} {global_step} {world_size} {rank} {indices}\n")

@@ -75,13 +75,15 @@ def listening(address: str, port: int, timeout: float = 1.0) -> str | None:
         return e.strerror or type(e).__name__
 
 
-def wait_for_endpoint(endpoint: str, timeout: float, poll: float = 1.0) -> None:
+def wait_for_endpoint(endpoint: str, timeout: float, poll: float = 1.0, etcd: bool = False) -> None:
     """Return once HOST:PORT accepts TCP connections (at once if HOST is this machine, whose
-    torchrun hosts the rendezvous); an InputError naming the endpoint after ``timeout`` seconds."""
+    torchrun hosts a c10d rendezvous); an InputError naming the endpoint after ``timeout`` seconds.
+    ``etcd``: the endpoint is an etcd server, which no node's torchrun starts."""
     host, port = parse_endpoint(endpoint)
     address = resolve(host)
-    if is_local(address):
+    if is_local(address) and not etcd:
         return
+    serve = f"start etcd on {host}" if etcd else f"start launch/node.sh on {host} too"
     started = last_said = time.monotonic()
     while True:
         reason = listening(address, port, timeout=poll)
@@ -90,8 +92,8 @@ def wait_for_endpoint(endpoint: str, timeout: float, poll: float = 1.0) -> None:
         now = time.monotonic()
         if now - started >= timeout:
             raise InputError(
-                f"no rendezvous at {host}:{port} ({address}) after {timeout:g} s ({reason}); start launch/node.sh on"
-                f" {host} too, or check RDZV_ENDPOINT and that {host} is reachable from {socket.gethostname()}"
+                f"no rendezvous at {host}:{port} ({address}) after {timeout:g} s ({reason}); {serve}, or check"
+                f" RDZV_ENDPOINT and that {host} is reachable from {socket.gethostname()}"
             )
         if now - last_said >= WAITING_LINE_SECONDS:
             say(f"waiting for the rendezvous at {host}:{port} ({address}): {reason}", sys.stderr)
@@ -210,16 +212,22 @@ def join(store, rank: int, world_size: int, address: str, timeout: float, poll: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m mnist_ddp.rendezvous HOST:PORT [TIMEOUT_SECONDS] [JOB_ID]``: wait for a rendezvous
-    endpoint and check what listens there (see :func:`check_endpoint`)."""
+    """``python -m mnist_ddp.rendezvous [--etcd] HOST:PORT [TIMEOUT_SECONDS] [JOB_ID]``: wait for a
+    rendezvous endpoint and check what listens there (see :func:`check_endpoint`); with ``--etcd``,
+    wait for the etcd server (jobs keep apart there by their ids: nothing to check)."""
     args = sys.argv[1:] if argv is None else argv
+    etcd = args[:1] == ["--etcd"]
+    args = args[1:] if etcd else args
     try:
         if not 1 <= len(args) <= 3:
-            raise InputError("usage: python -m mnist_ddp.rendezvous HOST:PORT [TIMEOUT_SECONDS] [JOB_ID]")
+            raise InputError("usage: python -m mnist_ddp.rendezvous [--etcd] HOST:PORT [TIMEOUT_SECONDS] [JOB_ID]")
         timeout = args[1] if len(args) > 1 else "120"
         if not timeout.replace(".", "", 1).isdigit():
             raise InputError(f"timeout {timeout!r} is not a number of seconds")
-        check_endpoint(args[0], float(timeout), args[2] if len(args) > 2 else "")
+        if etcd:
+            wait_for_endpoint(args[0], float(timeout), etcd=True)
+        else:
+            check_endpoint(args[0], float(timeout), args[2] if len(args) > 2 else "")
     except InputError as e:
         say(f"error: {e}", sys.stderr)
         return e.exit_code

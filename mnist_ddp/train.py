@@ -95,6 +95,7 @@ class Trainer:
         self.schedule = build_schedule(self.optimizer, tc, tc.epochs * self.steps_per_epoch)
         self.guard = guard.StopGuard(self.model, device)
         fault = fault_injection.planned_fault(self.rank)
+        self.sample_log = fault_injection.open_sample_log(self.rank)
         self.step = TrainStep(
             tc,
             self.data,
@@ -269,9 +270,10 @@ class Trainer:
         liveness.mark("step", p.epoch, p.global_step + 1)
         if self.profiler is None:
             self.step(batch, p.global_step, self.step_losses, position)
-            return
-        with torch.profiler.record_function("mnist_ddp/step"):
-            self.step(batch, p.global_step, self.step_losses, position)
+        else:
+            with torch.profiler.record_function("mnist_ddp/step"):
+                self.step(batch, p.global_step, self.step_losses, position)
+        fault_injection.log_samples(self.sample_log, p.global_step + 1, self.world_size, self.rank, batch)
 
     def check_after_step(self) -> None:
         """At a snapshot step agree at once and snapshot; at a check step act on the previous check,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
+import json
 import os
 import signal
 import subprocess
@@ -124,8 +125,9 @@ def require(problem: str | None, what: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def two_rank_hash(tmp_path_factory) -> str:
-    """The final parameter hash of SMOKE_LONG on 2 ranks under torchrun --standalone, uninterrupted."""
+def two_rank_run(tmp_path_factory) -> tuple[str, dict]:
+    """SMOKE_LONG on 2 ranks under torchrun --standalone, uninterrupted: its final parameter hash
+    and its summary.json."""
     folder = tmp_path_factory.mktemp("two-rank-reference")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "mnist_ddp.train"]
     result = subprocess.run(
@@ -138,7 +140,13 @@ def two_rank_hash(tmp_path_factory) -> str:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (digest,) = {line.split()[-1] for line in result.stdout.splitlines() if line.startswith("parameter_hash ")}
-    return digest
+    return digest, json.loads((folder / "run" / "summary.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def two_rank_hash(two_rank_run) -> str:
+    """The final parameter hash of SMOKE_LONG on 2 ranks under torchrun --standalone, uninterrupted."""
+    return two_rank_run[0]
 
 
 @dataclass

@@ -286,24 +286,6 @@ def test_three_ranks_score_an_indivisible_test_set_exactly(tmp_path):
     assert summary["test_examples"] == 101 and summary["world_size"] == 3 and summary["per_rank_batch_size"] == 21
 
 
-def test_two_nodes_on_one_machine(tmp_path):
-    port = free_port()
-    env = {"NNODES": "2", "NPROC": "1", "RDZV_ENDPOINT": f"127.0.0.1:{port}", "RDZV_ID": "pytest-two-nodes"}
-    # Both "nodes" share this machine's loopback, which a real multi-node job refuses to use
-    # unless told to (tests/test_multinode.py runs two hosts with their own addresses).
-    env["GLOO_SOCKET_IFNAME"] = "lo"
-    cmd = [str(REPO / "launch" / "node.sh"), "--config", SMOKE, "train.epochs=2", f"run.dir={tmp_path / 'run'}"]
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHON": sys.executable, **env}
-    agents = [
-        subprocess.Popen(cmd, cwd=tmp_path, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for _ in range(2)
-    ]
-    outputs = [a.communicate(timeout=180)[0] for a in agents]
-    assert [a.returncode for a in agents] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["test_examples"] == 360
-
-
 def test_a_store_another_job_claimed_is_refused():
     port = free_port()
     store = dist.TCPStore("127.0.0.1", port, 1, is_master=True, wait_for_workers=False)
@@ -339,3 +321,16 @@ def test_more_ranks_than_training_images_is_a_clear_error(tmp_path):
         "error: [rank 0] 1 training images cannot be shared by 2 ranks; start fewer processes or use a larger dataset"
     ]
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_attempt_keys_the_store_only_where_the_agent_hosts_it(monkeypatch):
+    # The agent's store outlives a restart's workers; a store rank 0 hosts is new each round, where
+    # an elastic job's nodes have restarted different numbers of times (a node that joins later fewer).
+    store = dist.HashStore()
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "j")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "2")
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    distributed.job_store(store).set("k", "agent")
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "False")
+    distributed.job_store(store).set("k", "rank 0")
+    assert store.get("mnist_ddp/j/attempt_2/k") == b"agent" and store.get("mnist_ddp/j/attempt_0/k") == b"rank 0"

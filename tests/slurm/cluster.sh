@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A one-node SLURM cluster on this machine, for the tests: tests/slurm/cluster.sh up|down|install
 #
-#   install  apt-get the daemons (Debian's munge, slurmctld, slurmd, slurm-client)
+#   install  apt-get the daemons (Debian's munge, slurmctld, slurmd, slurm-client), and
+#            etcd-server for the etcd rendezvous test of tests/test_multinode.py
 #   up       write slurm.conf into $MNIST_DDP_SLURM_DIR (default /tmp/mnist-ddp-slurm), start
 #            munged, slurmctld and slurmd without systemd, and wait until the node is idle
 #   down     stop the daemons by their pid files
@@ -17,7 +18,7 @@ install() {
     export DEBIAN_FRONTEND=noninteractive
     # A mirror hiccup should not fail CI: try three times.
     for attempt in 1 2 3; do
-        if apt-get update -qq && apt-get install -y -qq --no-install-recommends munge slurmctld slurmd slurm-client >/dev/null; then
+        if apt-get update -qq && apt-get install -y -qq --no-install-recommends munge slurmctld slurmd slurm-client etcd-server >/dev/null; then
             return 0
         fi
         echo "cluster.sh: apt-get failed (attempt $attempt), retrying" >&2
