@@ -102,27 +102,6 @@ def launch_script(run_dir: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=run_dir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_a_signal_to_torchrun_stops_every_rank_at_the_same_step(tmp_path, reference):
-    # SIGTERM here; SIGUSR1, which the launch scripts make torchrun forward too, reaches the agents
-    # from SLURM in tests/test_multinode.py.
-    run_dir = tmp_path / "run"
-    proc = launch_script(run_dir)
-    wait_for_line(proc, "epoch  2/12")
-    proc.send_signal(signal.SIGTERM)  # to torchrun's agent, which forwards it to its workers
-    code, _, err = finish(proc)
-    assert code != 0
-    stops = sorted(line for line in err.splitlines() if ": stopping at global step " in line)
-    assert len(stops) == 2, err[-3000:]
-    step = int(stops[0].rsplit(" ", 1)[1])
-    assert stops == [f"rank 0: stopping at global step {step}", f"rank 1: stopping at global step {step}"]
-    assert "preempted: [rank 0] stop signal received" in err
-    latest = (checkpoint.snapshot_dir(run_dir) / "latest").read_text().strip()
-    assert latest == f"step_{step:07d}.pt"
-    code, out, err = finish(launch_script(run_dir))
-    assert code == 0, err[-3000:]
-    assert final_hashes(out) == {reference["two"]}
-
-
 def test_corrupt_newest_snapshot_falls_back_to_the_previous_one(tmp_path, reference):
     run_dir = tmp_path / "run"
     code, _, _ = finish(launch(PYTHON, run_dir, env=environment(**{FAULT_ENV: "kill:0:107"})))

@@ -423,30 +423,6 @@ time.sleep(600)
 """
 
 
-def test_sbatch_on_two_nodes_completes_and_matches_one_host(slurm2, two_rank_hash, tmp_path):
-    holder = on_host(slurm2, "node1", [sys.executable, "-c", HOLD_PORTS], tmp_path / "holder.log")
-    try:
-        wait_for_text(tmp_path / "holder.log", "holding", timeout=30)
-        # A site file reading a variable that is not set, as module-load scripts do: it must not kill the job.
-        site = tmp_path / "site.sh"
-        site.write_text('echo "site set-up: ${MNIST_DDP_NOT_SET_ANYWHERE}done"\n')
-        job_id, log_path = submit(slurm2, tmp_path, MNIST_DDP_SETUP=str(site))
-        fields = wait_for_end(slurm2, job_id)
-    finally:
-        holder.kill()
-    log = log_path.read_text(errors="replace")
-    assert (fields["JobState"], fields["ExitCode"]) == ("COMPLETED", "0:0"), log[-3000:]
-    assert fields["NodeList"] == "node[1-2]"
-    # Every port the job id could give was taken on node1: the batch script moved past them.
-    assert "rendezvous node1:30400," in log
-    assert final_hashes(log) == {two_rank_hash}
-    summary = json.loads((tmp_path / "runs" / f"slurm-{job_id}" / "summary.json").read_text())
-    # One CPU per task from SLURM: one thread per rank, with no train.threads given.
-    assert (summary["world_size"], summary["threads_per_rank"], summary["backend"]) == (2, 1, "gloo")
-    assert summary["test_examples"] == 360 and summary["test_accuracy"] > 0.9 and summary["epochs"] == 12
-    assert "site set-up: done" in log and sum("final test accuracy" in line for line in log.splitlines()) == 1
-
-
 def test_a_node_lost_mid_run_is_requeued_and_resumes_to_the_same_weights(slurm2, two_rank_hash, tmp_path):
     job_id, log_path = submit(slurm2, tmp_path)
     latest = tmp_path / "runs" / f"slurm-{job_id}" / "checkpoints" / "latest"
@@ -491,17 +467,37 @@ def test_an_elastic_sbatch_job_loses_a_node_and_completes_on_the_one_that_remain
     assert (summary["world_size"], summary["epochs"]) == (1, 6) and summary["test_accuracy"] > 0.9
 
 
-def test_preempting_a_two_node_job_stops_both_hosts_at_one_step(slurm2, two_rank_hash, tmp_path):
-    job_id, log_path = submit(slurm2, tmp_path, **SLOWER)
-    wait_for_text(log_path, "epoch  2/12")
-    signal = subprocess.run(["scancel", "--signal=USR1", "--full", job_id], env=slurm2, capture_output=True, text=True)
-    assert signal.returncode == 0, signal.stderr
-    fields = wait_for_end(slurm2, job_id)
+def test_a_two_node_job_preempted_stops_both_hosts_at_one_step_and_completes_as_one_host(
+    slurm2, two_rank_hash, tmp_path
+):
+    holder = on_host(slurm2, "node1", [sys.executable, "-c", HOLD_PORTS], tmp_path / "holder.log")
+    try:
+        wait_for_text(tmp_path / "holder.log", "holding", timeout=30)
+        # A site file reading a variable that is not set, as module-load scripts do: it must not kill the job.
+        site = tmp_path / "site.sh"
+        site.write_text('echo "site set-up: ${MNIST_DDP_NOT_SET_ANYWHERE}done"\n')
+        job_id, log_path = submit(slurm2, tmp_path, MNIST_DDP_SETUP=str(site), **SLOWER)
+        wait_for_text(log_path, "epoch  2/12")
+        signal = subprocess.run(
+            ["scancel", "--signal=USR1", "--full", job_id], env=slurm2, capture_output=True, text=True
+        )
+        assert signal.returncode == 0, signal.stderr
+        fields = wait_for_end(slurm2, job_id)
+    finally:
+        holder.kill()
     log = log_path.read_text(errors="replace")
     assert (fields["JobState"], fields["ExitCode"]) == ("COMPLETED", "0:0"), log[-3000:]
+    assert fields["NodeList"] == "node[1-2]"
     assert int(fields["Restarts"]) == 1 and f"requeued SLURM job {job_id}" in log
     assert f"job {job_id} (restart 1)" in log and "resuming from" in log
     stops = sorted(line for line in log.splitlines() if ": stopping at global step " in line)
     step = stops[0].rsplit(" ", 1)[1]
     assert stops == [f"rank 0: stopping at global step {step}", f"rank 1: stopping at global step {step}"]
     assert final_hashes(log) == {two_rank_hash}
+    # Every port the job id could give was taken on node1: the batch script moved past them, both times.
+    assert log.count("rendezvous node1:30400,") == 2
+    summary = json.loads((tmp_path / "runs" / f"slurm-{job_id}" / "summary.json").read_text())
+    # One CPU per task from SLURM: one thread per rank, with no train.threads given.
+    assert (summary["world_size"], summary["threads_per_rank"], summary["backend"]) == (2, 1, "gloo")
+    assert summary["test_examples"] == 360 and summary["test_accuracy"] > 0.9 and summary["epochs"] == 12
+    assert log.count("site set-up: done") == 2 and sum("final test accuracy" in line for line in log.splitlines()) == 1
