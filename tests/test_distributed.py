@@ -184,7 +184,7 @@ def test_two_ranks_through_launch_script_train_one_model_name_the_slow_rank_and_
             "profile.top=5",
         ],
         cwd=tmp_path,
-        env={"NPROC": "2", PRINT_HASH_ENV: "1", FAULT_ENV: "slow:1:0:0.01"},  # rank 1 sleeps 10 ms a step
+        env={"NPROC": "2", PRINT_HASH_ENV: "1", FAULT_ENV: "slow:1:0:0.03"},  # rank 1 sleeps 30 ms a step
     )
     assert result.returncode == 0, result.stderr[-3000:]
     found = hashes(result.stdout)
