@@ -54,7 +54,7 @@ def real_mnist_dir() -> Path | None:
     return None
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def real_mnist() -> Path:
     """The real MNIST folder; the test is skipped when there is none."""
     root = real_mnist_dir()

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-from conftest import CONFIGS, REPO, SMOKE_LONG, real_mnist_dir, require
+from conftest import CONFIGS, REPO, SMOKE_LONG, require
 from slurm_jobs import final_hashes, job_fields, wait_for_end, wait_for_text, why_no_slurm
 
 from mnist_ddp.config import load_config
@@ -190,11 +190,8 @@ def elastic_args(real_mnist: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def mnist_two_rank_summary(tmp_path_factory) -> dict:
+def mnist_two_rank_summary(real_mnist, tmp_path_factory) -> dict:
     """The summary of the same job on 2 ranks under torchrun --standalone, uninterrupted."""
-    real_mnist = real_mnist_dir()
-    if real_mnist is None:
-        pytest.skip("real MNIST not found: set MNIST_DDP_DATA to a folder with the four IDX files")
     folder = tmp_path_factory.mktemp("mnist-two-rank")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "mnist_ddp.train"]
     result = subprocess.run(
@@ -242,6 +239,12 @@ def newest_snapshot_step(run_dir: Path) -> int:
     return int(latest.read_text().strip().split("_")[-1].split(".")[0]) if latest.exists() else 0
 
 
+def finished_run(run_dir: Path) -> tuple[list[int], dict]:
+    """The epochs that metrics.jsonl records, in order, and summary.json."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["epoch"] for r in records], json.loads((run_dir / "summary.json").read_text())
+
+
 def wait_until(condition, what: str, logs: list[Path], timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -287,31 +290,31 @@ def test_an_elastic_job_loses_a_node_grows_back_and_finishes_alone_on_every_imag
     log = logs[0].read_text(errors="replace")
 
     # Every epoch once, and the accuracy of the uninterrupted two-rank run.
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    summary = json.loads((run_dir / "summary.json").read_text())
+    epochs, summary = finished_run(run_dir)
     cfg = load_config(CONFIGS / "default.yaml", ["train.epochs=3"])
-    assert [r["epoch"] for r in records] == list(range(1, cfg.train.epochs + 1))
+    assert epochs == list(range(1, cfg.train.epochs + 1))
     assert summary["world_size"] == 1 and summary["epochs"] == cfg.train.epochs
     assert abs(summary["test_accuracy"] - mnist_two_rank_summary["test_accuracy"]) <= 0.002
     assert log.count("resuming from") == 3 and "final test accuracy" in log
 
-    first_alone = min(s.time for s in trained_steps(samples) if s.world_size == 1 and s.time > lost)
-    first_regrown = min(s.time for s in trained_steps(samples) if s.world_size == 2 and s.time > back)
+    steps = trained_steps(samples)
+    first_alone = min(s.time for s in steps if s.world_size == 1 and s.time > lost)
+    first_regrown = min(s.time for s in steps if s.world_size == 2 and s.time > back)
     print(f"node lost: 1 rank trains {first_alone - lost:.1f} s later; back: 2 ranks {first_regrown - back:.1f} s on")
     assert first_alone - lost < 30  # 3 missed beats, the last call, a worker's start and resume: ~10 s
     # Growing back lost no work: the regrown group went on from the step node1 had reached alone.
     regrown = steps_at(2, back)
-    alone = [s.step for s in trained_steps(samples) if s.world_size == 1 and lost < s.time < lost_again]
+    alone = [s.step for s in steps if s.world_size == 1 and lost < s.time < lost_again]
     assert min(regrown) == max(alone) + 1, (sorted(set(alone))[-3:], sorted(set(regrown))[:3])
     assert (min(alone) - 1) % 20 == 0  # the node loss went back to a snapshot (checkpoint.every_steps=20)
-    assert any(s.world_size == 1 and s.time > lost_again for s in trained_steps(samples))
+    assert any(s.world_size == 1 and s.time > lost_again for s in steps)
 
     # Count the images: each step of the finished run, as last trained, took exactly its global
     # batch, the next 64 images of its epoch's permutation (plus DDP's padding in an epoch's last
     # step at 2 ranks), so every epoch trained every image once.
     n = len(load_splits(replace(cfg.data, root=str(real_mnist)), cfg.seed).train_labels)
     batch, steps_per_epoch = cfg.train.batch_size, -(-n // cfg.train.batch_size)
-    final = final_trajectory(trained_steps(samples))
+    final = final_trajectory(steps)
     assert sorted(final) == list(range(1, cfg.train.epochs * steps_per_epoch + 1))
     for step, group in final.items():
         world_size = group[0].world_size
@@ -332,9 +335,8 @@ def etcd_server(hosts, tmp_path) -> str:
     binary = shutil.which("etcd") or "/usr/bin/etcd"
     missing = None if Path(binary).exists() else "etcd is not installed (tests/slurm/cluster.sh install)"
     require(missing, "the etcd rendezvous test")
-    require(
-        None if importlib.util.find_spec("etcd") else "python-etcd is not installed (pip install -e '.[dev]')", "etcd"
-    )
+    client = None if importlib.util.find_spec("etcd") else "python-etcd is not installed (pip install -e '.[dev]')"
+    require(client, "the etcd rendezvous test")
     address = "10.213.0.1"  # the bridge: both hosts reach it
     server = subprocess.Popen(
         [binary, "--name=controller", f"--data-dir={tmp_path / 'etcd'}", "--enable-v2=true",
@@ -363,9 +365,8 @@ def test_with_the_etcd_rendezvous_losing_the_first_node_does_not_end_the_job(hos
     assert node2.wait(timeout=180) == 0, logs[1].read_text(errors="replace")[-3000:]
     log = logs[1].read_text(errors="replace")
     assert "resuming with 1" in log and "final test accuracy" in log
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert [r["epoch"] for r in records] == list(range(1, 7))
+    epochs, summary = finished_run(run_dir)
+    assert epochs == list(range(1, 7))
     assert (summary["world_size"], summary["epochs"]) == (1, 6) and summary["test_accuracy"] > 0.9
 
 
@@ -461,9 +462,8 @@ def test_an_elastic_sbatch_job_loses_a_node_and_completes_on_the_one_that_remain
     assert (fields["JobState"], fields["ExitCode"], fields["Restarts"]) == ("COMPLETED", "0:0", "0"), log[-3000:]
     assert fields["NodeList"] == "node1"  # the allocation shrank; it never grows back
     assert "Node failure on node2" in log and "resuming with 1" in log
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert [r["epoch"] for r in records] == list(range(1, 7))
+    epochs, summary = finished_run(run_dir)
+    assert epochs == list(range(1, 7))
     assert (summary["world_size"], summary["epochs"]) == (1, 6) and summary["test_accuracy"] > 0.9
 
 
