@@ -284,6 +284,10 @@ def save_snapshot(run_dir: Path, snapshot: Snapshot, keep: int) -> Path:
     earlier = [p for p in snapshot_paths(folder) if step_of(p) < step]
     for old in [p for p in snapshot_paths(folder) if step_of(p) > step] + earlier[keep - 1 :]:
         old.unlink(missing_ok=True)
+    # A write cut short (a rank stopped by the watchdog or killed mid-write) leaves its temp file;
+    # the run folder's lock says no other job writes here, so every one left is stale.
+    for stale in folder.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
     return path
 
 

@@ -9,7 +9,6 @@ line (or printed, with ``MNIST_DDP_DEBUG=1``).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import tempfile
@@ -23,7 +22,7 @@ import torch
 
 from mnist_ddp import agreement, distributed, liveness
 from mnist_ddp.config import Config
-from mnist_ddp.console import say
+from mnist_ddp.console import flush_at_exit, say
 from mnist_ddp.errors import EXIT_CRASH, EXIT_INTERRUPTED, JobError, first_line
 
 DEBUG_ENV = "MNIST_DDP_DEBUG"
@@ -127,9 +126,8 @@ def exit_process(code: int) -> None:
     to abort there ("terminate called without an active exception", exit -6), which torchrun
     takes for a failure and restarts. One process without a launcher exits normally.
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    world_size = os.environ.get("WORLD_SIZE", "1").strip()
+    if not world_size.isdigit() or int(world_size) <= 1:  # a bad value was reported already
         sys.exit(code)
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):  # a closed or vanished reader: nothing left to say
-            stream.flush()
+    flush_at_exit()
     os._exit(code)

@@ -9,6 +9,10 @@ MNIST_DDP_TEST_FAULT="KIND:RANK:STEP[:ARG]" makes that rank, at that global step
   signal send itself the signal named ARG (SIGHUP, SIGTERM, ...), as a closed terminal or a
          scheduler would, at a step the test knows.
 kill and hang strike on torchrun's first attempt only, so that the restarted workers get through.
+MNIST_DDP_TEST_SLOW="PHASE:RANK:STEP:SECONDS[,...]" makes the first PHASE (step, evaluation,
+snapshot) at or after global step STEP take SECONDS longer on RANK (a number, or * for every
+rank): a step or an evaluation computes (spins on the CPU, as a first compile or a large test
+set does), a snapshot waits without using the CPU (a slow file system).
 MNIST_DDP_TEST_PRINT_HASH=1 makes every rank print its final parameter hash.
 MNIST_DDP_TEST_SAMPLE_LOG=DIR makes every rank append, for each step it trains, a line
 "wall_time global_step world_size rank index,index,..." (the training images it took) to a file
@@ -30,6 +34,7 @@ import torch
 FAULT_ENV = "MNIST_DDP_TEST_FAULT"
 PRINT_HASH_ENV = "MNIST_DDP_TEST_PRINT_HASH"
 SAMPLE_LOG_ENV = "MNIST_DDP_TEST_SAMPLE_LOG"
+SLOW_ENV = "MNIST_DDP_TEST_SLOW"
 KINDS = ("raise", "kill", "nan", "hang", "slow", "signal")
 
 
@@ -81,6 +86,25 @@ def inject(fault: Fault | None, step: int, loss: torch.Tensor | None) -> torch.T
     if fault.kind == "nan" and loss is not None:
         return loss * float("nan")
     return loss
+
+
+slowed: set[str] = set()  # the MNIST_DDP_TEST_SLOW entries that struck already
+
+
+def slow_phase(phase: str, step: int) -> None:
+    """Make this phase slow if MNIST_DDP_TEST_SLOW asks for it (once per entry)."""
+    rank = os.environ.get("RANK", "0")
+    for entry in filter(None, os.environ.get(SLOW_ENV, "").split(",")):
+        name, who, after, seconds = entry.split(":")
+        if name != phase or who not in ("*", rank) or step < int(after) or entry in slowed:
+            continue
+        slowed.add(entry)
+        if phase == "snapshot":
+            time.sleep(float(seconds))
+            continue
+        end = time.monotonic() + float(seconds)
+        while time.monotonic() < end:
+            pass  # computing
 
 
 def print_hash_requested() -> bool:

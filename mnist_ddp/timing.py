@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from mnist_ddp import liveness
+from mnist_ddp import fault_injection, liveness
 
 PHASES = ("compute", "gradient_wait", "agreement", "evaluation", "snapshot")
 # A rank must compute at least this much longer than the others' median to be named: below it,
@@ -61,6 +61,7 @@ class RankClock:
     def phase(self, name: str, epoch: int, step: int) -> Iterator[None]:
         """A phase (agreement, evaluation, snapshot) on every rank: marked for liveness, timed, named in a profile."""
         liveness.mark(name, epoch, step)
+        fault_injection.slow_phase(name, step)
         started = time.perf_counter()
         with torch.profiler.record_function(f"mnist_ddp/{name}") if self.profiling else nullcontext():
             yield
@@ -160,6 +161,19 @@ def straggler_record(rank_times: dict[str, list[float]], hosts: list[str], facto
         return None
     rank, ratio = found
     return {"rank": rank, "host": hosts[rank] if rank < len(hosts) else "?", "factor": round(ratio, 2)}
+
+
+def run_straggler(records: list[dict[str, Any]], world_size: int) -> dict[str, Any] | None:
+    """The run's straggler: the rank named in more than half of the epochs measured at this world
+    size, with the median of its factors; None otherwise. A rank slow for one epoch (a pause, a
+    noisy neighbour) is that epoch's straggler, not the run's."""
+    measured = [r for r in records if len(next(iter(r.get("rank_seconds", {}).values()), [])) == world_size]
+    named = [r["straggler"] for r in measured if r.get("straggler")]
+    for rank in {s["rank"] for s in named}:
+        mine = [s for s in named if s["rank"] == rank]
+        if 2 * len(mine) > len(measured):
+            return {**mine[-1], "factor": round(statistics.median(s["factor"] for s in mine), 2)}
+    return None
 
 
 def straggler_text(straggler: dict[str, Any]) -> str:

@@ -268,6 +268,7 @@ class Trainer:
         """One training step, marked for the liveness watchdog (and a range while profiling)."""
         p = self.progress
         liveness.mark("step", p.epoch, p.global_step + 1)
+        fault_injection.slow_phase("step", p.global_step + 1)
         if self.profiler is None:
             self.step(batch, p.global_step, self.step_losses, position)
         else:
@@ -473,8 +474,7 @@ class Trainer:
             "peak_rss_mb_per_rank": [round(float(r.item()), 1) for r in peak_rss],
             "hosts": self.hosts,
             "rank_seconds": rank_totals,
-            "straggler": rank_totals
-            and timing.straggler_record(rank_totals, self.hosts, self.cfg.dist.straggler_factor),
+            "straggler": timing.run_straggler(records, self.world_size),
         }
         metrics.write_summary(self.run_dir, summary)
         if self.cfg.log.plots:

@@ -45,10 +45,12 @@ def snapshot_state(step: int, hidden=(8,)) -> checkpoint.Snapshot:
     )
 
 
-def test_snapshots_keep_the_newest_and_point_latest_at_the_last(tmp_path):
+def test_snapshots_keep_the_newest_point_latest_at_the_last_and_leave_no_temp_file(tmp_path):
+    folder = checkpoint.snapshot_dir(tmp_path)
+    folder.mkdir()
+    (folder / ".step_0000005.pt.x1y2.tmp").write_bytes(b"half a snapshot")  # a write cut short
     for step in (10, 20, 30, 40):
         checkpoint.save_snapshot(tmp_path, snapshot_state(step), keep=2)
-    folder = checkpoint.snapshot_dir(tmp_path)
     assert sorted(p.name for p in folder.iterdir()) == ["latest", "step_0000030.pt", "step_0000040.pt"]
     assert (folder / "latest").read_text().strip() == "step_0000040.pt"
     assert torch.load(folder / "step_0000040.pt", weights_only=True)["global_step"] == 40

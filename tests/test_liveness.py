@@ -4,6 +4,8 @@ restart resumes exactly), and a worker stuck in a Python sleep."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -15,49 +17,61 @@ from conftest import CONFIGS, SMOKE_LONG
 
 from mnist_ddp import liveness
 from mnist_ddp.errors import EXIT_UNRESPONSIVE
-from mnist_ddp.fault_injection import FAULT_ENV, PRINT_HASH_ENV
+from mnist_ddp.fault_injection import FAULT_ENV, PRINT_HASH_ENV, SLOW_ENV
 from mnist_ddp.liveness import RUNNING, STUCK, Record, Seen, judge
 
 POLL = 0.5
 
 
-def peer(marks: int, beat_age: float, marks_age: float = 0.0, state: str = RUNNING, limit: float = 3.0) -> Seen:
-    """A peer as rank 0 saw it at time 100: its beat moved ``beat_age`` s ago, its marks ``marks_age`` s ago."""
+def peer(marks: int, beat_age: float, progress_age: float = 0.0, state: str = RUNNING, limit: float = 3.0) -> Seen:
+    """A peer as rank 0 saw it at time 100: its beat moved ``beat_age`` s ago, its progress ``progress_age`` s ago."""
     record = Record("node2", 42, 7, marks, "global step 51 (epoch 3)", 0.5, limit, state, "/s.txt" if state else "")
-    return Seen(record, 100 - beat_age, 100 - marks_age)
+    return Seen(record, 100 - beat_age, 100 - progress_age)
 
 
 def test_a_silent_peer_is_named_once_its_limit_has_passed():
     # Rank 0 waits (one mark ahead, in the all-reduce) for rank 1, whose beat stopped.
-    assert judge(0, 12, 4.0, 3.0, {1: peer(11, beat_age=3.4)}, 100, POLL) is None  # within limit + a poll
-    assert judge(0, 12, 4.0, 3.0, {1: peer(11, beat_age=3.6)}, 100, POLL).culprits == [(1, "silent")]
+    assert judge(12, 4.0, 3.0, {1: peer(11, beat_age=3.4)}, 100, POLL) is None  # within limit + a poll
+    assert judge(12, 4.0, 3.0, {1: peer(11, beat_age=3.6)}, 100, POLL).culprits == [(1, "silent")]
     # Frozen while this rank already waited at the same mark (in a snapshot): not "this rank is stuck"
     # at its limit, but the peer named silent at the peer's.
-    assert judge(0, 12, 3.5, 3.0, {1: peer(12, beat_age=1.5)}, 100, POLL) is None
-    assert judge(0, 12, 4.6, 3.0, {1: peer(12, beat_age=3.6)}, 100, POLL).culprits == [(1, "silent")]
+    assert judge(12, 3.5, 3.0, {1: peer(12, beat_age=1.5)}, 100, POLL) is None
+    assert judge(12, 4.6, 3.0, {1: peer(12, beat_age=3.6)}, 100, POLL).culprits == [(1, "silent")]
     # The peer's own limit counts: one still starting up (the long limit) is not silent yet.
-    assert judge(0, 12, 40.0, 300.0, {1: peer(11, beat_age=30, limit=300)}, 100, POLL) is None
+    assert judge(12, 40.0, 300.0, {1: peer(11, beat_age=30, limit=300)}, 100, POLL) is None
+    # A silent peer is named even while this rank still computes (it will wait for it at the next collective).
+    assert judge(12, 0.0, 3.0, {1: peer(11, beat_age=3.6)}, 100, POLL).culprits == [(1, "silent")]
 
 
 def test_the_rank_that_is_behind_is_stuck_not_the_ones_waiting_for_it():
     # Rank 1 is behind (fewer marks) and alive: rank 0 waits for it to say so...
-    assert judge(0, 12, 4.0, 3.0, {1: peer(10, beat_age=0.1, marks_age=4)}, 100, POLL) is None
-    # ...and rank 1, with nobody behind it, finds itself stuck.
-    assert judge(1, 10, 5.0, 3.0, {0: peer(12, beat_age=0.1, marks_age=5)}, 100, POLL).culprits == []
+    assert judge(12, 4.0, 3.0, {1: peer(10, beat_age=0.1, progress_age=4)}, 100, POLL) is None
+    # ...and rank 1, with a peer ahead of it (waiting for it), finds itself stuck.
+    assert judge(10, 5.0, 3.0, {0: peer(12, beat_age=0.1, progress_age=5)}, 100, POLL).culprits == []
     # Once it says so, rank 0 names it.
-    assert judge(0, 12, 5.0, 3.0, {1: peer(10, 0.1, 5, state=STUCK)}, 100, POLL).culprits == [(1, "stuck")]
+    assert judge(12, 5.0, 3.0, {1: peer(10, 0.1, 5, state=STUCK)}, 100, POLL).culprits == [(1, "stuck")]
     # A rank behind that never says so (its watchdog cannot run) is named after its limit and a grace.
     late = 3.0 + liveness.STUCK_GRACE_POLLS * POLL + 0.1
-    assert judge(0, 12, 9.0, 3.0, {1: peer(10, 0.1, late)}, 100, POLL).culprits == [(1, "no progress")]
+    assert judge(12, 9.0, 3.0, {1: peer(10, 0.1, late)}, 100, POLL).culprits == [(1, "no progress")]
+    # One behind whose progress moves (it computes: an evaluation, a first compile) is slow, not stuck.
+    assert judge(12, 9.0, 3.0, {1: peer(10, 0.1, progress_age=0.3)}, 100, POLL) is None
+
+
+def test_ranks_level_with_each_other_are_slow_together_not_stuck():
+    # Every rank in the same phase at the same time (a long evaluation, a first compile, a pause of
+    # the whole job): nobody waits for anybody, however long it takes.
+    assert judge(10, 500.0, 3.0, {1: peer(10, beat_age=0.1, progress_age=500)}, 100, POLL) is None
+    # A peer that finished is not waiting for this rank either.
+    assert judge(10, 500.0, 3.0, {1: peer(14, beat_age=60, state=liveness.DONE)}, 100, POLL) is None
 
 
 def test_nothing_is_judged_before_this_rank_has_stalled_for_its_limit():
-    assert judge(0, 10, 2.0, 3.0, {1: peer(10, beat_age=0.1)}, 100, POLL) is None
+    assert judge(10, 2.0, 3.0, {1: peer(12, beat_age=0.1)}, 100, POLL) is None
     # A peer that finished (done) is never a culprit, however long it stays quiet.
-    assert judge(0, 10, 2.0, 3.0, {1: peer(10, beat_age=60, state=liveness.DONE)}, 100, POLL) is None
+    assert judge(10, 2.0, 3.0, {1: peer(10, beat_age=60, state=liveness.DONE)}, 100, POLL) is None
     # One that exited (ranks leave one by one after a stop) only once this rank has waited its limit.
-    assert judge(0, 10, 2.0, 3.0, {1: peer(10, beat_age=60, state=liveness.EXITED)}, 100, POLL) is None
-    assert judge(0, 10, 3.5, 3.0, {1: peer(10, 60, state=liveness.EXITED)}, 100, POLL).culprits == [(1, "exited")]
+    assert judge(10, 2.0, 3.0, {1: peer(10, beat_age=60, state=liveness.EXITED)}, 100, POLL) is None
+    assert judge(10, 3.5, 3.0, {1: peer(10, 60, state=liveness.EXITED)}, 100, POLL).culprits == [(1, "exited")]
 
 
 def test_a_culprit_line_says_who_where_what_and_how_long_ago():
@@ -167,3 +181,67 @@ def test_a_worker_stuck_in_python_exits_with_its_stack_and_is_named(tmp_path):
     assert "Thread MainThread:" in text and "fault_injection.py" in text and "time.sleep(fault.seconds)" in text
     assert time.monotonic() - started < 60  # not the 300 s of dist.timeout_seconds
     assert job.returncode != 0
+
+
+def full_pipe() -> tuple[int, int]:
+    """A pipe whose buffer is already full: every write to it blocks until the reader drains it
+    (a terminal after Ctrl-S, a pager nobody scrolls)."""
+    import fcntl
+
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, 1031, 4096)  # F_SETPIPE_SZ: one page
+    os.set_blocking(write_end, False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(write_end, b"." * 4096)
+    os.set_blocking(write_end, True)
+    return read_end, write_end
+
+
+def test_a_job_that_is_slow_or_paused_as_a_whole_finishes(tmp_path):
+    """Past every bound, and healthy: a first step longer than dist.timeout_seconds on every rank,
+    standard output blocked for seconds, the whole job (torchrun and its ranks) stopped and
+    continued as `scontrol suspend`/`resume` do, an evaluation on every rank and a snapshot write
+    longer than dist.liveness_seconds. The job finishes, every epoch once."""
+    timeout = 8
+    slow = f"step:*:1:{timeout + 1},evaluation:*:100:{2 * BOUND},snapshot:0:150:{2 * BOUND}"
+    read_end, write_end = full_pipe()
+    errors = tmp_path / "stderr.txt"
+    with errors.open("w") as err:
+        job = subprocess.Popen(
+            [
+                *TORCHRUN,
+                "-m",
+                "mnist_ddp.train",
+                *SMOKE_LONG,
+                f"dist.timeout_seconds={timeout}",
+                f"dist.liveness_seconds={BOUND:g}",
+                f"run.dir={tmp_path / 'run'}",
+            ],
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", SLOW_ENV: slow},
+            stdout=write_end,
+            stderr=err,
+            start_new_session=True,
+        )
+    os.close(write_end)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 90
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):  # the ranks train on, unheard
+        assert job.poll() is None and time.monotonic() < deadline, errors.read_text()[-3000:]
+        time.sleep(0.1)
+    # torchrun starts each worker in a session of its own; a suspended job has all of them stopped.
+    groups = [job.pid, worker_pid(job, 0), worker_pid(job, 1)]
+    for group in groups:
+        os.killpg(group, signal.SIGSTOP)
+    time.sleep(2.5 * BOUND)
+    for group in groups:
+        os.killpg(group, signal.SIGCONT)
+    with os.fdopen(read_end) as out:
+        printed = out.read()  # until the job ends
+    job.wait(timeout=120)
+    stderr = errors.read_text()
+    assert job.returncode == 0, stderr[-3000:]
+    assert [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()] == list(range(1, 13))
+    assert "final test accuracy" in printed and "error:" not in printed + stderr
+    assert "the liveness watchdog does not count the pause against any rank" in stderr

@@ -70,3 +70,18 @@ def test_a_disabled_clock_counts_nothing():
         time.sleep(0.01)
     clock.loop_ended()
     assert clock.take() == [0.0] * 5
+
+
+def epoch(straggler: dict | None) -> dict:
+    return {"rank_seconds": {"compute": [1.0, 1.0]}, "straggler": straggler}
+
+
+def test_the_runs_straggler_is_the_rank_named_in_most_epochs_not_one_pause():
+    slow = {"rank": 1, "host": "node2", "factor": 2.06}
+    # One epoch with a 7 s pause on rank 1, eleven without: the run has no straggler.
+    assert timing.run_straggler([epoch(slow)] + [epoch(None)] * 11, 2) is None
+    # Rank 1 slow in most epochs: named, with the median of its factors.
+    records = [epoch({**slow, "factor": f}) for f in (1.6, 1.8, 3.0)] + [epoch(None)]
+    assert timing.run_straggler(records, 2) == {"rank": 1, "host": "node2", "factor": 1.8}
+    # Epochs measured at another world size (before a resume) do not count.
+    assert timing.run_straggler([epoch(slow), {"rank_seconds": {"compute": [1.0]}, "straggler": None}], 2) == slow
