@@ -80,7 +80,7 @@ if (( 10#$min_nodes < 10#$max_nodes )); then
     # sharing, every round's rank 0 names a fresh store for its workers.
     export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
 fi
-exec "$python" -m torch.distributed.run \
+exec "$python" -m mnist_ddp.torchrun \
     --nnodes="$nnodes" \
     --rdzv-conf="last_call_timeout=${RDZV_LAST_CALL_SECONDS:-10},keep_alive_interval=${RDZV_KEEP_ALIVE_SECONDS:-5},keep_alive_max_attempt=3" \
     --nproc_per_node="$NPROC" \

@@ -204,6 +204,19 @@ def claim_rendezvous(timeout_seconds: float, env: Mapping[str, str] = os.environ
     claim_store(store, endpoint)
 
 
+def check_store_port(launch: Launch) -> None:
+    """Under a bare launch, a rank that joins rank 0's store first makes sure that what listens on
+    MASTER_PORT, if anything does yet, answers as a store: a TCPStore client would wait on a
+    foreign service for the whole timeout, while rank 0 fails at once on the taken port."""
+    address = rendezvous.resolve(launch.master_addr)
+    if rendezvous.listening(address, launch.master_port) is None:
+        fix = "set MASTER_PORT to a free port on every rank"
+        try:
+            rendezvous.store_holder(launch.master_addr, address, launch.master_port, fix=fix)
+        except InputError as e:  # this rank's finding: rank 0 may have failed, or not started yet
+            raise InputError(str(e), rank_specific=True) from None
+
+
 def init(launch: Launch, backend: str, device: torch.device, timeout_seconds: float) -> dist.Store | None:
     """Claim the job's stores and join the process group; this job's keys in the store (None for
     one process, which needs no group but still claims launch/node.sh's rendezvous)."""
@@ -214,6 +227,8 @@ def init(launch: Launch, backend: str, device: torch.device, timeout_seconds: fl
         if launch.world_size == 1:
             return None
         rendezvous.check_reachable_hostname(backend)
+        if launch.rank != 0 and not agent_hosts_store():
+            check_store_port(launch)
         store = connect_store(launch, timeout_seconds, host_it=launch.rank == 0 and not agent_hosts_store())
         claim_store(store, address)
         keys = job_store(store)

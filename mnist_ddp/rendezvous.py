@@ -115,7 +115,7 @@ def quiet_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def store_holder(host: str, address: str, port: int, timeout: float = PROBE_SECONDS) -> str:
+def store_holder(host: str, address: str, port: int, timeout: float = PROBE_SECONDS, fix: str = "") -> str:
     """The id of the job whose ranks use the TCPStore at address:port ('' when none has yet).
 
     Whatever listens there must answer as a TCPStore within ``timeout`` seconds; otherwise it is
@@ -143,7 +143,7 @@ def store_holder(host: str, address: str, port: int, timeout: float = PROBE_SECO
     reason = first_line(error) if isinstance(error, Exception) else f"no answer within {timeout:g} s"
     raise InputError(
         f"port {port} on {host} is held by another service, not a torchrun rendezvous ({reason}); choose a free"
-        f" port: RDZV_ENDPOINT={host}:<port>"
+        f" port: {fix or f'RDZV_ENDPOINT={host}:<port>'}"
     )
 
 

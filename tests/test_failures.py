@@ -652,6 +652,21 @@ def test_a_port_in_use_and_a_missing_peer_end_in_one_line(tmp_path):
         assert time.monotonic() - started < 60 and not (tmp_path / "run").exists()
         if port == busy:
             assert f"could not join the process group at 127.0.0.1:{port} (DistNetworkError" in errors[0]
+            # The other rank finds the same port held by a service that is no store, in seconds too.
+            started = time.monotonic()
+            other = subprocess.run(
+                [sys.executable, "-m", "mnist_ddp.train", *SMOKE, "run.dir=run"],
+                cwd=tmp_path,
+                env={**base, "SLURM_PROCID": "1", "MASTER_PORT": str(port)},
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert other.returncode == EXIT_INPUT and time.monotonic() - started < 20, other.stderr[-2000:]
+            assert other.stderr.splitlines()[-1] == (
+                f"error: [rank 1] port {port} on 127.0.0.1 is held by another service, not a torchrun rendezvous"
+                " (no answer within 3 s); choose a free port: set MASTER_PORT to a free port on every rank"
+            )
         else:
             assert errors[0].startswith(f"error: [rank 0] only 1 of 2 ranks joined at 127.0.0.1:{port} within 4 s;")
             waiting = [line for line in result.stderr.splitlines() if line.startswith("waiting for ")]
