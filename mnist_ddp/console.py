@@ -22,6 +22,8 @@ from typing import TextIO
 
 # How long say() waits for its line to be written before it leaves the line queued and goes on.
 HANDOFF_SECONDS = 0.2
+# A writer thread with nothing to write for this long ends (a new line starts another).
+IDLE_SECONDS = 30.0
 
 
 class LineWriter:
@@ -47,7 +49,15 @@ class LineWriter:
 
     def write_forever(self) -> None:
         while True:
-            text, written = self.lines.get()
+            try:
+                text, written = self.lines.get(timeout=IDLE_SECONDS)
+            except queue.Empty:
+                with writers_lock:  # no put can come in between: say() queues under this lock
+                    if self.lines.empty():
+                        if writers.get(id(self.stream)) is self:
+                            del writers[id(self.stream)]
+                        return
+                continue
             try:
                 self.stream.write(text)
                 self.stream.flush()
@@ -77,19 +87,20 @@ writers_lock = threading.Lock()
 atexit.register(lambda: drain())  # a process that ends normally says everything it queued
 
 
-def writer_for(stream: TextIO) -> LineWriter:
-    """The writer of ``stream`` (made on first use; tests and wrappers may replace sys.stdout)."""
+def queue_text(stream: TextIO, text: str) -> tuple[threading.Event, bool]:
+    """Queue ``text`` for ``stream``'s writer (made on first use, and again after it idled out:
+    tests and wrappers may replace sys.stdout); its written-event, and whether lines wait before it."""
     with writers_lock:
         writer = writers.get(id(stream))
         if writer is None or writer.stream is not stream:
             writer = writers[id(stream)] = LineWriter(stream)
-        return writer
+        return writer.put(text)
 
 
 def say(line: str, stream: TextIO | None = None) -> None:
     """Write ``line`` and a newline in one call (standard output unless ``stream`` is given); wait
     at most HANDOFF_SECONDS for it, and not at all while earlier lines are still blocked."""
-    written, behind = writer_for(stream or sys.stdout).put(line + "\n")
+    written, behind = queue_text(stream or sys.stdout, line + "\n")
     if not behind:
         written.wait(HANDOFF_SECONDS)
 
@@ -111,7 +122,7 @@ class QueuedStream:
         self.stream = stream
 
     def write(self, text: str) -> int:
-        writer_for(self.stream).put(text)
+        queue_text(self.stream, text)
         return len(text)
 
     def flush(self) -> None:

@@ -95,7 +95,9 @@ def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
     """Add one record to metrics.jsonl: one write of one whole line, no rewrite and no fsync."""
     path = run_dir / "metrics.jsonl"
     try:
-        with path.open("a") as f:
+        # Never through a link (run.dir was checked at start; this holds if one appears later).
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        with os.fdopen(fd, "a") as f:
             f.write(json_text(record) + "\n")
     except OSError as e:
         raise output_error(path, e) from None

@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import pwd
+import stat
 from pathlib import Path
 
 from mnist_ddp.config import check_path_names
@@ -26,6 +28,54 @@ def create_run_dir(run_dir: Path) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InputError(f"cannot create run.dir={run_dir} ({e.strerror}); choose a writable folder") from None
+
+
+# What a run writes inside run.dir: none of them may be a link (a write would land at its target).
+OUTPUT_NAMES = ("config.yaml", "metrics.jsonl", "summary.json", "model.pt", "plots", "checkpoints", "stacks", "profile")
+
+
+def owner_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def check_run_dir_is_yours(run_dir: Path) -> None:
+    """Refuse a run folder that someone else could have prepared, as ssh refuses a key file that
+    others can write: one owned by another user, one that others can write into (or a folder
+    above it that others can write into without the sticky bit, so they could swap it), and any
+    output inside it that is a link. Such a folder's snapshots could be planted (resumed as this
+    run's past), and its links would send this run's writes anywhere the user can write."""
+    key = f"run.dir={run_dir}"
+    here = run_dir.absolute()
+    info = os.stat(here)
+    if info.st_uid != os.geteuid():
+        raise InputError(
+            f"{key} belongs to {owner_name(info.st_uid)}, not to you: its snapshots and links could be planted;"
+            " choose a run.dir of your own"
+        )
+    if info.st_mode & stat.S_IWOTH:
+        raise InputError(
+            f"{key}: everyone can write into it (mode {stat.S_IMODE(info.st_mode):o}), so its snapshots and links"
+            f" could be planted; run chmod o-w {here}, or choose another run.dir"
+        )
+    for folder in here.parents:
+        mode = os.stat(folder).st_mode
+        if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+            raise InputError(
+                f"{key}: everyone can write into {folder} (mode {stat.S_IMODE(mode):o}, no sticky bit), so anyone"
+                " could replace the run folder; choose a run.dir under a folder only you can change"
+            )
+    inside = [here / name for name in OUTPUT_NAMES]
+    if (here / "checkpoints").is_dir() and not (here / "checkpoints").is_symlink():
+        inside += list((here / "checkpoints").iterdir())
+    for path in inside:
+        if path.is_symlink():
+            raise InputError(
+                f"{key}: {path} is a link (to {os.readlink(path)}); outputs are never written through a link:"
+                " remove it, or choose another run.dir"
+            )
 
 
 def check_output_folder(folder: Path, key: str) -> None:
@@ -66,6 +116,12 @@ class RunDirLock:
         existed = run_dir.exists()
         create_run_dir(run_dir)
         self.run_dir, self.created = run_dir, not existed
+        try:
+            check_run_dir_is_yours(run_dir)
+        except InputError:
+            self.fd = None
+            self.release(failed=True)
+            raise
         self.fd: int | None = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnist_ddp import guard
+from mnist_ddp import console, guard
 
 # Every command the tests start runs without wandb (its start-up and shut-down cost ~2 s a run);
 # tests/test_tracking.py asks for offline runs explicitly.
@@ -173,6 +173,7 @@ def run_in_process(module: str, *args: str, cwd: Path, env: dict | None = None) 
         os.chdir(cwd)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = main(list(args))
+            console.drain(timeout=10)  # as the process's exit would: every queued line written
     finally:
         os.chdir(old_cwd)
         os.environ.clear()
