@@ -17,6 +17,7 @@ import json
 import pickle
 import re
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,11 +190,32 @@ def save_model(path: Path, model: nn.Module, config: dict[str, Any], in_features
     atomic_torch_save(path, {"state_dict": cpu_state_dict(model), "config": config, "in_features": in_features})
 
 
+def check_unpacked_size(path: Path, label: str) -> None:
+    """Refuse an archive that would unpack to much more than its own size: torch.save stores its
+    tensors uncompressed, so a compressed entry is no checkpoint of ours, and loading it could ask
+    for gigabytes from a few megabytes (a zip bomb)."""
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # torch.load names it unreadable
+    unpacked = sum(e.file_size for e in entries)
+    compressed = [e.filename for e in entries if e.compress_type != zipfile.ZIP_STORED]
+    if compressed or unpacked > path.stat().st_size + 2**20:
+        raise InputError(
+            f"{label}: refused, it would unpack to {unpacked / 2**20:,.0f} MB from a {path.stat().st_size / 2**20:,.1f}"
+            f" MB file ({len(compressed)} compressed entries; torch.save writes none)"
+        )
+
+
 def load_weights_only(path: Path, label: str) -> Any:
     """``torch.load(path, weights_only=True)``; a file that cannot load is an InputError naming ``label``.
 
     A whole torch archive that needs unpickling code is refused without running any of it.
     """
+    check_unpacked_size(path, label)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -240,9 +262,17 @@ def model_settings(config: dict[str, Any]) -> dict[str, Any]:
     return kept
 
 
-def load_weights_into(model: nn.Module, state_dict: dict[str, torch.Tensor], label: str) -> None:
-    """``model.load_state_dict``; weights that do not fit are one line naming the tensors and their shapes."""
-    expected = model.state_dict()
+def check_weights_fit(build: Callable[[], nn.Module], state_dict: dict[str, torch.Tensor], label: str) -> None:
+    """Check the weights against the model ``build`` makes, built on the meta device (shapes, no
+    memory): a checkpoint whose config describes a far larger model than its weights is refused
+    before anything is allocated."""
+    with torch.device("meta"):
+        model = build()
+    refuse_misfit(model.state_dict(), state_dict, label)
+
+
+def refuse_misfit(expected: dict[str, torch.Tensor], state_dict: dict[str, torch.Tensor], label: str) -> None:
+    """One line naming the tensors that do not fit, and their shapes; nothing when all fit."""
     problems = [
         f"{name} is {'x'.join(map(str, tensor.shape))} in the checkpoint, {'x'.join(map(str, expected[name].shape))}"
         " in the model"
@@ -256,6 +286,11 @@ def load_weights_into(model: nn.Module, state_dict: dict[str, torch.Tensor], lab
         raise InputError(
             f"{label}: its weights do not fit the model its config describes: {'; '.join(problems[:2])}{more}"
         )
+
+
+def load_weights_into(model: nn.Module, state_dict: dict[str, torch.Tensor], label: str) -> None:
+    """``model.load_state_dict``; weights that do not fit are one line naming the tensors and their shapes."""
+    refuse_misfit(model.state_dict(), state_dict, label)
     model.load_state_dict(state_dict)
 
 
@@ -307,6 +342,12 @@ def read_snapshot(path: Path) -> Snapshot:
     return Snapshot.from_file(state, path)
 
 
+def comparable(value: str) -> str:
+    """A saved setting as today's config writes it: earlier versions saved train.bf16 as a YAML
+    boolean (True/False), which load_config now reads as the text true/false."""
+    return value.lower() if value in ("True", "False") else value
+
+
 def check_compatible(
     snapshot: Snapshot, config: dict[str, Any], in_features: int, data: dict[str, str] | None = None
 ) -> None:
@@ -317,13 +358,13 @@ def check_compatible(
     fingerprint when the snapshot recorded one.
     """
     saved, now = must_match(snapshot.config), must_match(config)
-    changed = [k for k in now if k in saved and saved[k] != now[k]]
+    changed = [k for k in now if k in saved and comparable(saved[k]) != comparable(now[k])]
     if changed:
         key, more = changed[0], changed[1:]
         also = f" (and {', '.join(more)})" if more else ""
         raise InputError(
-            f"{snapshot.path} was saved with {key}={saved[key]}, this run has {key}={now[key]}{also};"
-            f" set {key}={saved[key]} to continue it, or start over in another run.dir"
+            f"{snapshot.path} was saved with {key}={comparable(saved[key])}, this run has {key}={now[key]}{also};"
+            f" set {key}={comparable(saved[key])} to continue it, or start over in another run.dir"
         )
     if snapshot.in_features != in_features:
         raise InputError(f"{snapshot.path} is a model of {snapshot.in_features} inputs, this data has {in_features}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import itertools
 import math
 import os
 import sys
@@ -371,7 +372,8 @@ def validate(cfg: Config) -> None:
         (cfg.dist.bucket_cap_mb > 0, "dist.bucket_cap_mb", cfg.dist.bucket_cap_mb, "greater than 0"),
         (cfg.dist.powersgd_rank >= 1, "dist.powersgd_rank", cfg.dist.powersgd_rank, "at least 1"),
         (not t.nesterov or t.momentum > 0, "train.nesterov", t.nesterov, "false unless train.momentum > 0"),
-        (0 <= m.dropout < 1, "model.dropout", m.dropout, "in [0, 1)"),
+        # The dropout draws are 16-bit: a keep probability below 1/65536 rounds to none kept.
+        (m.dropout >= 0 and round(m.dropout * 65536) < 65536, "model.dropout", m.dropout, "in [0, 0.99999]"),
         (len(m.hidden) >= 1, "model.hidden", list(m.hidden), "a non-empty list of widths, e.g. [256,128]"),
         (all(w >= 1 for w in m.hidden), "model.hidden", list(m.hidden), "widths of at least 1"),
         (all(w <= MAX_WIDTH for w in m.hidden), "model.hidden", list(m.hidden), f"widths of at most {MAX_WIDTH}"),
@@ -420,6 +422,21 @@ def validate(cfg: Config) -> None:
     for ok, key, value, need in checks:
         if not ok:
             raise InputError(f"config key '{key}' is {value!r}; it must be {need}")
+    check_model_fits_memory(list(m.hidden))
+
+
+def check_model_fits_memory(hidden: list[int], in_features: int = 784) -> None:
+    """Refuse widths whose weights, gradients and optimizer state (16 bytes a parameter with
+    AdamW) would not fit this machine's memory, before anything is allocated."""
+    widths = [in_features, *hidden, 10]
+    parameters = sum((a + 1) * b for a, b in itertools.pairwise(widths))
+    needed, memory = 16 * parameters, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > memory:
+        raise InputError(
+            f"config key 'model.hidden' is {hidden}: {parameters:,} parameters need about {needed / 2**30:,.0f} GiB"
+            f" for weights, gradients and optimizer state, more than this machine's {memory / 2**30:,.0f} GiB;"
+            " choose smaller widths"
+        )
 
 
 def load_config(

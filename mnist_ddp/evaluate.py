@@ -22,7 +22,7 @@ import torch
 
 from mnist_ddp import agreement, distributed, plots
 from mnist_ddp.atomic import atomic_write_json
-from mnist_ddp.checkpoint import SavedWeights, load_weights_into, model_settings, read_weights
+from mnist_ddp.checkpoint import SavedWeights, check_weights_fit, load_weights_into, model_settings, read_weights
 from mnist_ddp.config import Config, check_path_names, load_config
 from mnist_ddp.console import say
 from mnist_ddp.data import load_on_every_rank
@@ -56,6 +56,7 @@ def evaluate_checkpoint(
             f"the checkpoint's model takes {saved.in_features} pixels per image, the data has {data.in_features}"
             f" ({data.source}); evaluate it on the data it was trained on (data.dataset)"
         )
+    check_weights_fit(lambda: build_model(cfg, data.in_features), saved.state_dict, "checkpoint")
     model = build_model(cfg, data.in_features).to(device)
     load_weights_into(model, saved.state_dict, "checkpoint")
     counts = evaluate_across_ranks(

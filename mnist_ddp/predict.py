@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mnist_ddp.checkpoint import load_weights_into, model_settings, read_weights
+from mnist_ddp.checkpoint import check_weights_fit, load_weights_into, model_settings, read_weights
 from mnist_ddp.config import load_config
 from mnist_ddp.console import say
 from mnist_ddp.data import normalize_pixels
@@ -95,7 +95,9 @@ def to_mnist(image: Image.Image, side: int = 28) -> torch.Tensor:
 def load_model(path: Path) -> MLP:
     """The model saved at ``path``, in eval mode on the CPU."""
     saved = read_weights(path)
-    model = build_model(load_config(base=model_settings(saved.config)), saved.in_features)
+    cfg = load_config(base=model_settings(saved.config))
+    check_weights_fit(lambda: build_model(cfg, saved.in_features), saved.state_dict, f"checkpoint={path}")
+    model = build_model(cfg, saved.in_features)
     load_weights_into(model, saved.state_dict, f"checkpoint={path}")
     return model.eval()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,35 @@ def test_the_readme_lists_exactly_the_settings_a_resume_may_change():
     paragraph = readme.split("Only these\nmay change on resume:")[1].split("A snapshot also records")[0]
     listed = {part.split("`")[0] for part in paragraph.split("`")[1::2]}
     assert listed == {*checkpoint.SAFE_ON_RESUME, *(f"{s}*" for s in checkpoint.SAFE_SECTIONS)}
+
+
+def test_an_archive_that_unpacks_to_more_than_its_size_is_refused_before_loading(tmp_path):
+    plain = tmp_path / "plain.pt"
+    torch.save({"state_dict": {"w": torch.zeros(1 << 20)}, "config": {}, "in_features": 64}, plain)
+    assert checkpoint.read_weights(plain).in_features == 64  # torch.save's own archive: stored, not compressed
+    bomb = tmp_path / "bomb.pt"  # the same archive, deflated: 4 MB of zeros in a few KB
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as dst:
+        for item in src.infolist():
+            dst.writestr(item.filename, src.read(item.filename))
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(InputError, match=r"refused, it would unpack to 4 MB from a 0\.0 MB file \(\d+ compressed"):
+        checkpoint.read_weights(bomb)
+
+
+def test_a_config_that_describes_another_model_than_the_weights_is_refused_before_building_it():
+    weights = MLP(64, [32], 0.5).state_dict()
+    # 30000 x 30000 would be 3.6 GB of weights: checked on the meta device, nothing allocated.
+    with pytest.raises(InputError, match=r"do not fit .*layers.0.weight is 32x64 in the checkpoint, 30000x64 in the"):
+        checkpoint.check_weights_fit(lambda: MLP(64, [30000, 30000], 0.5), weights, "checkpoint=x")
+    checkpoint.check_weights_fit(lambda: MLP(64, [32], 0.5), weights, "checkpoint=x")
+
+
+def test_a_snapshot_of_an_earlier_version_resumes_by_following_the_advice():
+    # Earlier versions saved train.bf16 as a YAML boolean; following the line's advice must resume.
+    old = snapshot_state(10)
+    old.config = {"train": {"bf16": False}}
+    with pytest.raises(
+        InputError, match=r"saved with train.bf16=false, this run has train.bf16=auto; set train.bf16=false"
+    ):
+        checkpoint.check_compatible(old, {"train": {"bf16": "auto"}}, old.in_features)
+    checkpoint.check_compatible(old, {"train": {"bf16": "false"}}, old.in_features)

@@ -68,8 +68,14 @@ def test_data_root_comes_from_env_then_default(monkeypatch):
         ("dist.bucket_cap_mb=0", "config key 'dist.bucket_cap_mb' is 0.0; it must be greater than 0"),
         ("train.lr=0", "config key 'train.lr' is 0.0; it must be greater than 0"),
         ("train.lr=-1e-3", "config key 'train.lr' is -0.001; it must be greater than 0"),
-        ("model.dropout=1", "config key 'model.dropout' is 1.0; it must be in [0, 1)"),
-        ("model.dropout=-0.1", "it must be in [0, 1)"),
+        ("model.dropout=1", "config key 'model.dropout' is 1.0; it must be in [0, 0.99999]"),
+        ("model.dropout=-0.1", "it must be in [0, 0.99999]"),
+        ("model.dropout=0.9999999", "config key 'model.dropout' is 0.9999999; it must be in [0, 0.99999]"),
+        (
+            "model.hidden=[65536,65536,65536]",
+            "config key 'model.hidden' is [65536, 65536, 65536]: 8,642,166,794 parameters need about 129 GiB for"
+            " weights, gradients and optimizer state, more than this machine's ",
+        ),
         ("train.epochs=0", "config key 'train.epochs' is 0; it must be at least 1"),
         ("model.hidden=[]", "config key 'model.hidden' is []; it must be a non-empty list"),
         ("model.hidden=[64,0]", "widths of at least 1"),
