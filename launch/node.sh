@@ -38,7 +38,7 @@ if (( 10#$min_nodes > 10#$max_nodes )); then
 fi
 # Every world size the job may take after a membership change: a batch that does not split there
 # is refused now, not by every worker after the change.
-check_config "$(seq -s, $((min_nodes * NPROC)) "$NPROC" $((max_nodes * NPROC)))" "$@"
+check_config "$((min_nodes * NPROC)):$((max_nodes * NPROC)):$NPROC" "$@"
 if [ -z "${RDZV_ENDPOINT:-}" ]; then
     if [ -n "${SLURM_JOB_NODELIST:-}" ]; then
         head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)

@@ -35,6 +35,8 @@ ADVICE = {
     errno.EACCES: "you may not write there; make it writable or choose another output folder",
     errno.EPERM: "you may not write there; make it writable or choose another output folder",
     errno.ENAMETOOLONG: "a name in the path is too long; choose a shorter output folder",
+    errno.EMFILE: "this process may open too few files; raise the limit (ulimit -n 1024) and run again",
+    errno.ENFILE: "the system has too many open files; close some programs and run again",
 }
 
 

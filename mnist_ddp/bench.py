@@ -332,7 +332,9 @@ def format_table(rows: list[dict[str, Any]], limit: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(prog="python -m mnist_ddp.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m mnist_ddp.bench", description=(__doc__ or "").split("\n\n")[0]
+    )  # None under python -OO
     parser.add_argument("--quick", action="store_true", help="2 epochs, 1 DDP row: a check that it runs")
     parser.add_argument("--out", default="bench.json", help="JSON results file (default: bench.json)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)

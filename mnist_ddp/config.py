@@ -246,10 +246,13 @@ def parse_overrides(overrides: list[str]) -> DictConfig:
 
 def load_yaml(path: Path) -> DictConfig:
     """Read a YAML config file; a missing or malformed file is an InputError."""
-    if not path.is_file():
+    if path.is_dir():
+        raise InputError(f"config file {path} is a folder; give a YAML file in it (e.g. configs/default.yaml)")
+    if not path.exists():
         raise InputError(f"config file {path} does not exist (configs/ holds default.yaml, seed.yaml, smoke.yaml)")
     try:
-        node = OmegaConf.load(path)
+        # Read as text first: a pipe (/dev/stdin, <(...)) can be read once, and OmegaConf wants a file it can reopen.
+        node = OmegaConf.create(path.read_text()) if not path.is_file() else OmegaConf.load(path)
     except (OmegaConfBaseException, YAMLError, UnicodeDecodeError) as e:
         raise InputError(f"config file {path} is not valid YAML: {first_line(e)}") from None
     except OSError as e:  # OmegaConf's answer to a file holding a bare scalar
@@ -296,8 +299,17 @@ def check_text(key: str, value: str) -> None:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        shown = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        raise InputError(f"config key '{key}' is '{shown}', which is not UTF-8 text; use a UTF-8 name") from None
+        raw = value.encode(sys.getfilesystemencoding(), "surrogateescape")
+        shown = raw.decode("utf-8", "backslashreplace")
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InputError(f"config key '{key}' is '{shown}', which is not UTF-8 text; use a UTF-8 name") from None
+        # Valid UTF-8 that the locale (LANG=C, without Python's UTF-8 mode) could not decode.
+        raise InputError(
+            f"config key '{key}' is '{shown}', which this process's locale ({sys.getfilesystemencoding()}) cannot"
+            " encode; run with a UTF-8 locale (LANG=C.UTF-8) or PYTHONUTF8=1, or use an ASCII name"
+        ) from None
     if key in PATH_KEYS:
         check_path_names(f"config key '{key}'", value)
 
@@ -422,6 +434,12 @@ def validate(cfg: Config) -> None:
     for ok, key, value, need in checks:
         if not ok:
             raise InputError(f"config key '{key}' is {value!r}; it must be {need}")
+    sizes = (d.seed_train_size, d.seed_test_size)
+    if d.dataset == "digits" and sizes != (DataConfig.seed_train_size, DataConfig.seed_test_size):
+        raise InputError(
+            f"data.seed_train_size={d.seed_train_size} and data.seed_test_size={d.seed_test_size} size MNIST's"
+            f" seed split; digits always splits {1797 - 360} train / 360 test images: leave both out for digits"
+        )
     check_model_fits_memory(list(m.hidden))
 
 
@@ -497,21 +515,29 @@ def help_text() -> str:
     return "\n".join(lines)
 
 
+def parse_world_sizes(value: str) -> range | list[int]:
+    """'2', '2,4', or FIRST:LAST:STEP (every world size of an elastic job: no list to outgrow a command line)."""
+    parts = value.split(":")
+    if len(parts) == 3 and all(p.isdigit() and int(p) >= 1 for p in parts):
+        return range(int(parts[0]), int(parts[1]) + 1, int(parts[2]))
+    if not all(v.isdigit() and int(v) >= 1 for v in value.split(",")):
+        raise InputError(
+            f"--world-size={value!r}: give the number of ranks, whole numbers of at least 1 (e.g. 2, 2,4 or 2:8:2)"
+        )
+    return [int(v) for v in value.split(",")]
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m mnist_ddp.config [--world-size N[,N...]] [--config FILE] [key=value ...]``: print
     the resolved config as YAML, or its one-line error (exit 2). The launch scripts run it before
     torchrun starts workers, with the number of ranks they will start (every number an elastic
     job may take)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    world_sizes = [1]
+    world_sizes: range | list[int] = [1]
     try:
         if args and args[0].startswith("--world-size"):
             value = args.pop(0).partition("=")[2] or (args.pop(0) if args else "")
-            if not all(v.isdigit() and int(v) >= 1 for v in value.split(",")):
-                raise InputError(
-                    f"--world-size={value!r}: give the number of ranks, whole numbers of at least 1 (e.g. 2 or 2,4)"
-                )
-            world_sizes = [int(v) for v in value.split(",")]
+            world_sizes = parse_world_sizes(value)
         cfg = parse_args(args, prog="python -m mnist_ddp.config")
         for world_size in world_sizes:
             check_world_size(cfg.train, world_size)

@@ -8,7 +8,8 @@ the config saved with it; where the data is (data.root, else $MNIST_DDP_DATA, el
 the device and everything else come from the command line and the defaults, never from the
 file: ``key=value`` overrides set them (e.g. data.root=...). Counting is exact across
 ranks, as in training. Rank 0 prints accuracy, per-class accuracy and the confusion matrix,
-and writes evaluation.json and PNGs to DIR (default: a plots folder beside PATH).
+and writes evaluation.json and PNGs to DIR (default: a folder named evaluation beside PATH, so
+the training run's own plots stay as they were).
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ from mnist_ddp.rundir import check_output_folder
 
 def split_arguments(argv: list[str] | None) -> tuple[Path, Path | None, list[str]]:
     """checkpoint=PATH, out=DIR and the remaining config overrides."""
-    parser = argparse.ArgumentParser(prog="python -m mnist_ddp.evaluate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m mnist_ddp.evaluate", description=(__doc__ or "").split("\n\n")[0]
+    )  # None under python -OO
     parser.add_argument("args", nargs="*", metavar="checkpoint=PATH | out=DIR | key=value")
     items = parser.parse_args(argv).args
     found = {k: v for k, _, v in (a.partition("=") for a in items) if k in ("checkpoint", "out")}
@@ -90,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint, out, overrides = split_arguments(argv if argv is not None else sys.argv[1:])
         check_path_names(f"checkpoint={checkpoint}", str(checkpoint))
         saved = read_weights(checkpoint)
-        context.update(saved=saved, out=out or checkpoint.parent / "plots")
+        context.update(saved=saved, out=out or checkpoint.parent / "evaluation")
         check_output_folder(context["out"], "out")
         # The checkpoint describes the model; data location, device and backend are the user's.
         return load_config(overrides=overrides, base=model_settings(saved.config))

@@ -27,6 +27,8 @@ from mnist_ddp.errors import EXIT_INPUT, EXIT_INTERRUPTED, InputError, JobError,
 from mnist_ddp.model import MLP, build_model
 
 # Pillow's modes whose pixels are one number on a scale other than 0-255: 16-bit, 32-bit, float.
+# Larger images are refused before decoding: 16 megapixels is a 4096x4096 scan.
+MAX_PIXELS = 16 * 2**20
 WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 # Ink must stand out from the background by this share of the image's full scale; less is noise
 # on a blank page (a JPEG's ringing), not a digit. Faint ink above it is stretched, as MNIST's was.
@@ -41,6 +43,10 @@ def grayscale(image: Image.Image) -> tuple[np.ndarray, float]:
     strokes, black behind light ones), so ink drawn on alpha shows."""
     if image.mode in WIDE_MODES:
         gray = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(gray).all():
+            raise InputError(
+                f"{int((~np.isfinite(gray)).sum())} pixels are NaN or infinite; fix or re-export the image"
+            )
         if image.mode == "F":
             return gray, 1.0 if gray.max() <= 1 else float(gray.max() - min(gray.min(), 0))
         return gray, 65535.0 if image.mode.startswith("I;16") or gray.max() > 255 else 255.0
@@ -102,6 +108,21 @@ def load_model(path: Path) -> MLP:
     return model.eval()
 
 
+def check_one_still_image(image: Image.Image) -> None:
+    """Refuse, before decoding, what would cost far more than a digit needs or lose part of the
+    file: an image over MAX_PIXELS (a few KB of PNG can decode to gigabytes), and an animation or
+    multi-page file (only its first frame would be read)."""
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise InputError(
+            f"{width}x{height} pixels, more than the {MAX_PIXELS // 2**20} megapixels predict reads (a digit needs"
+            " far fewer); scale it down"
+        )
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1:
+        raise InputError(f"{frames} frames (an animation or a multi-page file); give one digit per file")
+
+
 def read_digit(name: str, side: int) -> torch.Tensor:
     """The image file as an MNIST digit; an unreadable, oversized or blank image is an InputError."""
     try:
@@ -109,9 +130,12 @@ def read_digit(name: str, side: int) -> torch.Tensor:
             # Pillow only warns between MAX_IMAGE_PIXELS and twice that: refuse those too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(name) as image:
+                check_one_still_image(image)
                 pixels = to_mnist(image, side)
     except FileNotFoundError:
         raise InputError("no such file") from None
+    except InputError:
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise InputError(f"too large to read safely ({first_line(e)})") from None
     except Exception as e:  # Pillow raises many types for damaged files; none may stop the other files
@@ -140,17 +164,20 @@ def predict_files(model: MLP, files: list[str]) -> int:
     return errors
 
 
+USAGE = "usage: python -m mnist_ddp.predict checkpoint=PATH IMAGE [IMAGE ...]"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point: 0 when every file was predicted, 2 otherwise."""
     args = argv if argv is not None else sys.argv[1:]
     if any(a in ("-h", "--help") for a in args):
-        say(__doc__)
+        say(__doc__ or USAGE)  # python -OO drops docstrings
         return 0
     checkpoints = [a.partition("=")[2] for a in args if a.startswith("checkpoint=")]
     files = [a for a in args if not a.startswith("checkpoint=")]
     try:
         if len(checkpoints) != 1 or not files:
-            raise InputError("usage: python -m mnist_ddp.predict checkpoint=PATH IMAGE [IMAGE ...]")
+            raise InputError(USAGE)
         model = load_model(Path(checkpoints[0]))
         return EXIT_INPUT if predict_files(model, files) else 0
     except JobError as e:

@@ -24,6 +24,11 @@ def choose_run_dir(configured: str, dataset: str, identity: str) -> Path:
 
 def create_run_dir(run_dir: Path) -> None:
     """Create the output folder, or explain why it cannot be."""
+    if run_dir.is_symlink() and not run_dir.exists():
+        raise InputError(
+            f"run.dir={run_dir} is a link that leads nowhere (to {os.readlink(run_dir)}: a loop, or a missing"
+            " target); remove it, or choose another run.dir"
+        )
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:

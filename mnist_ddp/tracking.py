@@ -80,10 +80,12 @@ def start(cfg: Config, run_dir: Path, resume_id: str | None) -> Any:
     try:
         return init_run(wandb, cfg, mode, run_dir, resume_id)
     except Exception as e:  # wandb raises its own types for a refused key, the network, a bad entity
-        raise InputError(
-            f"wandb.init failed in {mode} mode ({type(e).__name__}: {first_line(e)}); check wandb.entity and"
-            " wandb.project, or use wandb.mode=offline"
-        ) from None
+        fix = (
+            "check that run.dir is writable and has space, or use wandb.mode=disabled"
+            if mode == "offline"
+            else "check wandb.entity and wandb.project, or use wandb.mode=offline"
+        )
+        raise InputError(f"wandb.init failed in {mode} mode ({type(e).__name__}: {first_line(e)}); {fix}") from None
 
 
 def init_run(wandb: Any, cfg: Config, mode: str, run_dir: Path, resume_id: str | None) -> Any:

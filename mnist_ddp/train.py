@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from mnist_ddp import agreement, fault_injection, guard, liveness, metrics, timing, tracking
-from mnist_ddp.atomic import atomic_write_text, check_writable
+from mnist_ddp.atomic import atomic_write_text, check_writable, output_error
 from mnist_ddp.checkpoint import (
     Progress,
     Snapshot,
@@ -310,12 +310,10 @@ class Trainer:
     def stop_if_diverged(self, decision: guard.Decision) -> None:
         """Raise Diverged when any rank saw a non-finite loss or weight; no snapshot is written."""
         if decision.first_bad_step is not None:
-            raise Diverged(
-                f"non-finite loss or weights at step {decision.first_bad_step} (epoch {self.progress.epoch});"
-                " stopped without writing a snapshot, the last good one stays in"
-                f" {snapshot_dir(Path(self.cfg.run.dir))}; start again in another run.dir with a lower"
-                f" train.lr (now {self.cfg.train.lr}) or with train.bf16=false"
-            )
+            kept = self.last_snapshot_step
+            if kept < 0 and self.resumed_from is not None:
+                kept = self.resumed_from.progress.global_step
+            raise Diverged(diverged_text(decision.first_bad_step, self.progress.epoch, self.cfg, kept))
 
     def stop_if_asked(self, decision: guard.Decision) -> None:
         """After a stop signal on any rank: snapshot, requeue a preempted SLURM job, raise."""
@@ -481,9 +479,12 @@ class Trainer:
             from mnist_ddp import plots  # matplotlib: half a second of import, after the training
 
             data = self.data
-            figures = plots.write_run_plots(
-                records, counts, self.model, data.test_images, data.test_labels, self.run_dir / "plots", rank_totals
-            )
+            try:
+                figures = plots.write_run_plots(
+                    records, counts, self.model, data.test_images, data.test_labels, self.run_dir / "plots", rank_totals
+                )
+            except OSError as e:  # fonts and image files to open: a low ulimit -n fails here, not in training
+                raise output_error(self.run_dir / "plots", e) from None
             tracking.log_images(self.wandb_run, figures, self.progress.global_step)
         say(
             f"final test accuracy {100 * summary['test_accuracy']:.2f}% on {summary['test_examples']} images "
@@ -491,6 +492,27 @@ class Trainer:
         )
         tracking.finish(self.wandb_run, summary)
         return summary
+
+
+def diverged_text(step: int, epoch: int, cfg: Config, last_snapshot_step: int) -> str:
+    """Why the run stopped, where its last good snapshot is (if any), and the setting to change."""
+    tc, folder = cfg.train, snapshot_dir(Path(cfg.run.dir))
+    kept = (
+        f"the last good snapshot (global step {last_snapshot_step}) stays in {folder}"
+        if last_snapshot_step >= 0
+        else "no snapshot had been written yet"
+    )
+    # Decoupled weight decay multiplies the weights by 1 - lr * weight_decay each step: at 1 or more it overshoots.
+    suspect = (
+        f"a lower train.weight_decay (now {tc.weight_decay:g}; times train.lr it is {tc.lr * tc.weight_decay:g},"
+        " at least 1)"
+        if tc.lr * tc.weight_decay >= 1 and tc.weight_decay >= 1  # weight decay, not the lr, is out of range
+        else f"a lower train.lr (now {tc.lr:g})"
+    )
+    return (
+        f"non-finite loss or weights at step {step} (epoch {epoch}); stopped without writing a snapshot, {kept};"
+        f" start again in another run.dir with {suspect} or with train.bf16=false"
+    )
 
 
 def train(cfg: Config, launch: Launch, device: torch.device, backend: str) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 from conftest import CONFIGS, run_module
 from omegaconf import OmegaConf
@@ -10,6 +12,7 @@ from mnist_ddp.config import (
     Config,
     TrainConfig,
     all_keys,
+    check_text,
     check_world_size,
     load_config,
     parse_args,
@@ -178,3 +181,12 @@ def test_bf16_takes_auto_true_false_and_yaml_booleans(tmp_path):
     assert load_config(CONFIGS / "seed.yaml").train.bf16 == "false"  # YAML's false, from the file
     assert load_config(overrides=["train.bf16=False"]).train.bf16 == "false"
     assert load_config(base={"train": {"bf16": True}}).train.bf16 == "true"  # a config saved before 'auto'
+
+
+def test_a_utf8_name_under_a_locale_that_cannot_encode_it_says_so(monkeypatch):
+    # Under LANG=C without Python's UTF-8 mode, the shell's UTF-8 bytes of "rün" arrive as surrogates.
+    monkeypatch.setattr(sys, "getfilesystemencoding", lambda: "ascii")
+    with pytest.raises(InputError, match=r"is 'rün', which this process's locale \(ascii\) cannot encode; run with"):
+        check_text("run.dir", "r\udcc3\udcbcn")
+    with pytest.raises(InputError, match=r"is 'caf\\xe9', which is not UTF-8 text"):  # Latin-1 bytes: not UTF-8
+        check_text("run.dir", "caf\udce9")

@@ -68,3 +68,11 @@ def test_evaluate_bad_checkpoints(tmp_path):
         result.returncode == 2
         and result.stderr == "error: checkpoint=PATH is required (a run's model.pt or a snapshot)\n"
     )
+
+
+def test_evaluate_without_out_leaves_the_training_runs_figures_alone(trained, tmp_path):
+    before = {p.name: p.read_bytes() for p in (trained / "plots").iterdir()}
+    result = run_in_process("mnist_ddp.evaluate", f"checkpoint={trained / 'model.pt'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (trained / "evaluation" / "evaluation.json").is_file()
+    assert {p.name: p.read_bytes() for p in (trained / "plots").iterdir()} == before

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -189,6 +190,32 @@ CASES = {
         command="mnist_ddp.evaluate",
         setup="a_model_and_fake_data",
     ),
+    # issue 25: values that passed the checks, then failed as tracebacks or misleading lines
+    "dropout-whose-keep-probability-rounds-to-0": Case(
+        [*SMOKE, "model.dropout=0.9999999"], EXIT_INPUT, "'model.dropout' is 0.9999999; it must be in [0, 0.99999]"
+    ),
+    "widths-beyond-the-machines-memory": Case(
+        [*SMOKE, "model.hidden=[65536,65536,65536]"], EXIT_INPUT, "GiB for weights, gradients and optimizer state"
+    ),
+    "config-file-is-a-folder": Case(["--config", "."], EXIT_INPUT, "config file . is a folder; give a YAML file"),
+    "run-dir-is-a-link-loop": Case(
+        [*SMOKE, "run.dir=loop"], EXIT_INPUT, "run.dir=loop is a link that leads nowhere (to loop", setup="a_link_loop"
+    ),
+    "digits-given-seed-split-sizes": Case(
+        [*SMOKE, "data.split=seed", "data.seed_test_size=100"], EXIT_INPUT, "size MNIST's seed split; digits always"
+    ),
+    "lr-that-diverges-at-once": Case(
+        [*SMOKE, "train.lr=1e30"],
+        EXIT_DIVERGED,
+        "no snapshot had been written yet; start again in another run.dir with a lower train.lr (now 1e+30)",
+        writes_nothing=False,
+    ),
+    "weight-decay-that-diverges": Case(
+        [*SMOKE, "train.weight_decay=1e10"],
+        EXIT_DIVERGED,
+        "with a lower train.weight_decay (now 1e+10; times train.lr it is 3e+07, at least 1)",
+        writes_nothing=False,
+    ),
     # wandb online with a key but no server to reach (issue 18: silent for 95 s)
     "wandb-online-server-refuses": Case(
         [*SMOKE, "wandb.mode=online"],
@@ -207,6 +234,10 @@ CASES = {
 
 def a_file(tmp: Path) -> None:
     (tmp / "config.yaml").write_text("seed: 1\n")
+
+
+def a_link_loop(tmp: Path) -> None:
+    (tmp / "loop").symlink_to("loop")
 
 
 def a_finished_run(tmp: Path) -> None:
@@ -815,3 +846,39 @@ def test_a_latest_pointer_with_other_bytes_is_passed_over(tmp_path):
     result = train(tmp_path, "train.epochs=2", "checkpoint.every_steps=20")
     assert result.returncode == 0, result.stderr
     assert "resuming from run/checkpoints/step_0000046.pt" in result.stdout
+
+
+def test_odd_interpreters_and_environments_get_one_line_not_a_traceback(tmp_path):
+    def run(*args: str, env: dict | None = None, stdin: str = "", limit_files: int = 0):
+        def limit() -> None:
+            if limit_files:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (limit_files, limit_files))
+
+        return subprocess.run(
+            [sys.executable, *args],
+            cwd=tmp_path,
+            env={**os.environ, **(env or {})},
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            preexec_fn=limit,
+        )
+
+    # python -OO drops docstrings, which the help texts were made of.
+    for command in ("mnist_ddp.predict", "mnist_ddp.bench", "mnist_ddp.evaluate"):
+        result = run("-OO", "-m", command, "--help")
+        assert result.returncode == 0 and result.stdout and "Traceback" not in result.stderr, result.stderr
+    # A launcher's bad WORLD_SIZE: its one line, and nothing from the exit path after it.
+    result = run("-m", "mnist_ddp.train", *SMOKE, env={"RANK": "0", "WORLD_SIZE": "abc"})
+    assert result.returncode == EXIT_INPUT and result.stderr.count("\n") == 1, result.stderr
+    # A config on standard input (a pipe, not a file).
+    result = run("-m", "mnist_ddp.config", "--config", "/dev/stdin", stdin="seed: 7\ntrain:\n  epochs: 3\n")
+    assert result.returncode == 0 and "seed: 7" in result.stdout and "epochs: 3" in result.stdout, result.stderr
+    # Too few open files for the figures, after the training: exit 74 with the fix.
+    result = run("-m", "mnist_ddp.train", *SMOKE, "train.epochs=1", "run.dir=run", limit_files=10)
+    assert result.returncode == EXIT_OUTPUT, result.stderr[-2000:]
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: cannot write run/plots") and line.endswith(
+        ": Too many open files; this process may open too few files; raise the limit (ulimit -n 1024) and run again"
+    )

@@ -130,12 +130,23 @@ def test_unreadable_files_are_reported_and_the_rest_predicted(mnist_model, tmp_p
     fake = tmp_path / "fake.png"
     fake.write_text("not an image")
     missing = tmp_path / "missing.png"
-    result = run_in_process(
-        "mnist_ddp.predict", f"checkpoint={mnist_model}", str(missing), str(fake), str(good), cwd=tmp_path
-    )
+    animation = tmp_path / "animation.gif"  # only its first frame would be read
+    Image.fromarray(digit).save(animation, save_all=True, append_images=[Image.fromarray(255 - digit)])
+    nan = tmp_path / "nan.tiff"
+    floats = digit.astype(np.float32) / 255
+    floats[0, 0] = np.nan
+    Image.fromarray(floats, mode="F").save(nan)
+    huge = tmp_path / "huge.png"  # 98 KB of PNG that would decode to 88 megapixels
+    Image.new("L", (9400, 9400)).save(huge, optimize=True)
+    files = [missing, fake, animation, nan, huge, good]
+    result = run_in_process("mnist_ddp.predict", f"checkpoint={mnist_model}", *map(str, files), cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         f"error: {missing}: no such file",
         f"error: {fake}: not a readable image (UnidentifiedImageError)",
+        f"error: {animation}: 2 frames (an animation or a multi-page file); give one digit per file",
+        f"error: {nan}: 1 pixels are NaN or infinite; fix or re-export the image",
+        f"error: {huge}: 9400x9400 pixels, more than the 16 megapixels predict reads (a digit needs far fewer);"
+        " scale it down",
     ]
     assert result.stdout.startswith(f"{good}: ")

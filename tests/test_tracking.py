@@ -6,10 +6,13 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import CONFIGS, run_in_process
 from wandb_records import history
 
 from mnist_ddp import tracking
+from mnist_ddp.config import load_config
+from mnist_ddp.errors import InputError
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
@@ -67,3 +70,20 @@ def test_disabled_creates_no_wandb_folder(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert not (run_dir / "wandb").exists() and not (tmp_path / "wandb").exists()
     assert (run_dir / "summary.json").is_file()
+
+
+def test_a_failed_start_advises_what_fits_its_mode(monkeypatch, tmp_path):
+    def refuse(wandb, cfg, mode, run_dir, resume_id):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tracking, "init_run", refuse)
+    cfg = load_config(overrides=["wandb.mode=offline"])
+    with pytest.raises(InputError) as offline:
+        tracking.start(cfg, tmp_path, None)
+    assert str(offline.value) == (
+        "wandb.init failed in offline mode (OSError: [Errno 28] No space left on device); check that run.dir is"
+        " writable and has space, or use wandb.mode=disabled"
+    )
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    with pytest.raises(InputError, match=r"in online mode .*; check wandb.entity and wandb.project, or use wandb"):
+        tracking.start(load_config(overrides=["wandb.mode=online"]), tmp_path, None)
