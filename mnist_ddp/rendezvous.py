@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterator, Mapping
 from datetime import timedelta
 
-from mnist_ddp.console import say
+from mnist_ddp.console import flush_at_exit, say
 from mnist_ddp.errors import InputError, first_line
 
 WAITING_LINE_SECONDS = 3.0
@@ -237,5 +237,5 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     code = main()
     # A probe thread may still hang on a silent service: leave without waiting for it.
-    sys.stdout.flush()
+    flush_at_exit(timeout=5)
     os._exit(code)
