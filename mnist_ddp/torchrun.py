@@ -162,7 +162,8 @@ def failure_line(e: Any) -> tuple[str, int]:
     rank, failure = e.get_first_failure()
     code = failure.exitcode
     how = f"was killed by signal {-code}" if code < 0 else f"exited with {code}"
-    line = f"error: torchrun: rank {rank} on {socket.gethostname()} {how} (its own lines above say why); the job ends"
+    # Not an error: line of its own: the rank's own line is the job's one error line.
+    line = f"torchrun: rank {rank} on {socket.gethostname()} {how} (its own lines above say why); the job ends"
     return line, 128 - code if code < 0 else min(code, 255)
 
 

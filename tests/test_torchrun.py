@@ -39,7 +39,7 @@ def test_a_failed_job_ends_with_one_line_and_the_workers_exit_code():
         return SimpleNamespace(get_first_failure=lambda: (1, SimpleNamespace(exitcode=code)))
 
     assert torchrun.failure_line(failed(69)) == (
-        f"error: torchrun: rank 1 on {socket.gethostname()} exited with 69 (its own lines above say why); the job ends",
+        f"torchrun: rank 1 on {socket.gethostname()} exited with 69 (its own lines above say why); the job ends",
         69,
     )
     line, code = torchrun.failure_line(failed(-9))
