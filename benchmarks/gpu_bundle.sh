@@ -9,7 +9,7 @@
 #   wheels/      omegaconf and everything it needs, offline: pure-Python wheels once (built from
 #                sdists where PyPI has no wheel, e.g. antlr4-python3-runtime 4.9.x that
 #                omegaconf 2.3 pins), binary ones (PyYAML) for each CPython in BUNDLE_PYTHONS on
-#                each platform in BUNDLE_PLATFORMS. No wandb: mnist_ddp/tracking.py imports it
+#                each platform in BUNDLE_PLATFORMS. No wandb: mnist_ddp/observe/tracking.py imports it
 #                only inside start() and log_images(), after resolved_mode() != "disabled", and
 #                gpu_check.py (WANDB_MODE=disabled) and gpu.sh (wandb.mode=disabled) never track.
 #   mnist/       the four IDX files gzipped (data.root reads .gz directly: download.find_idx_files)

@@ -13,12 +13,13 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from mnist_ddp import agreement, distributed, guard
-from mnist_ddp.config import DistConfig
-from mnist_ddp.errors import InputError
-from mnist_ddp.evaluation import evaluate_across_ranks
-from mnist_ddp.model import MLP
-from mnist_ddp.timing import RankClock
+from mnist_ddp.base.errors import InputError
+from mnist_ddp.config.schema import DistConfig
+from mnist_ddp.model.evaluation import evaluate_across_ranks
+from mnist_ddp.model.mlp import MLP
+from mnist_ddp.observe.timing import RankClock
+from mnist_ddp.parallel import agreement, ddp, distributed
+from mnist_ddp.training import guard
 
 with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
@@ -53,7 +54,7 @@ assert stop_guard.lagged(20).first_bad_step == 0
 assert stop_guard.now(30).first_bad_step == 0
 assert agreement.check_ranks_agree({"train.lr": "0.1"}) == [socket.gethostname()]
 clock = RankClock(device, enabled=True)
-ddp = distributed.wrap_ddp(model, device, DistConfig())
+ddp = ddp.wrap_ddp(model, device, DistConfig())
 clock.watch_gradients(list(model.layers[0].parameters()))
 clock.loop_started()
 ddp(images.float()).sum().backward()

@@ -19,14 +19,14 @@ import time
 
 import torch
 
-from mnist_ddp.config import parse_args
-from mnist_ddp.data import Splits
-from mnist_ddp.guard import StopGuard
-from mnist_ddp.model import build_model
-from mnist_ddp.optimizer import build_optimizer, build_schedule
-from mnist_ddp.precision import choose_bf16
-from mnist_ddp.profiling import kernel_ops
-from mnist_ddp.step import TrainStep
+from mnist_ddp.config.loading import parse_args
+from mnist_ddp.data.splits import Splits
+from mnist_ddp.model.mlp import build_model
+from mnist_ddp.model.optimizer import build_optimizer, build_schedule
+from mnist_ddp.model.precision import choose_bf16
+from mnist_ddp.observe.profiling import kernel_ops
+from mnist_ddp.training.guard import StopGuard
+from mnist_ddp.training.step import TrainStep
 
 IMAGES = 4096
 

@@ -9,5 +9,5 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 check_config "$NPROC" "$@"
 # --standalone runs its own rendezvous on a free local port: no address or port to pick.
-exec "$python" -m mnist_ddp.torchrun --standalone --nproc_per_node="$NPROC" \
+exec "$python" -m mnist_ddp.parallel.torchrun --standalone --nproc_per_node="$NPROC" \
     --max-restarts="${MAX_RESTARTS:-3}" -m mnist_ddp.train "$@"

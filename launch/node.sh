@@ -55,7 +55,7 @@ c10d)
     # node waits here until it listens, saying so, and gives up with one line after RDZV_WAIT_SECONDS.
     # Whatever listens there must then be a torchrun rendezvous that no other job uses: a foreign
     # service on the port, or another job's store, is one line here instead of a hang or a shared store.
-    "$python" -m mnist_ddp.rendezvous "$RDZV_ENDPOINT" "${RDZV_WAIT_SECONDS:-120}" "$rdzv_id" || exit 2
+    "$python" -m mnist_ddp.parallel.rendezvous "$RDZV_ENDPOINT" "${RDZV_WAIT_SECONDS:-120}" "$rdzv_id" || exit 2
     # The workers claim that store for this job (torchrun's agents use it all run long): a job
     # started later on the same port finds this job's id there and refuses.
     export MNIST_DDP_RDZV_ENDPOINT=$RDZV_ENDPOINT
@@ -66,7 +66,7 @@ etcd-v2)
         exit 2
     fi
     # The rendezvous lives in etcd, under this job's RDZV_ID: wait for the server, as for a c10d endpoint.
-    "$python" -m mnist_ddp.rendezvous --etcd "$RDZV_ENDPOINT" "${RDZV_WAIT_SECONDS:-120}" || exit 2
+    "$python" -m mnist_ddp.parallel.rendezvous --etcd "$RDZV_ENDPOINT" "${RDZV_WAIT_SECONDS:-120}" || exit 2
     ;;
 *)
     echo "error: RDZV_BACKEND=$backend is not a rendezvous backend; set it to c10d (the default) or etcd-v2" >&2
@@ -80,7 +80,7 @@ if (( 10#$min_nodes < 10#$max_nodes )); then
     # sharing, every round's rank 0 names a fresh store for its workers.
     export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
 fi
-exec "$python" -m mnist_ddp.torchrun \
+exec "$python" -m mnist_ddp.parallel.torchrun \
     --nnodes="$nnodes" \
     --rdzv-conf="last_call_timeout=${RDZV_LAST_CALL_SECONDS:-10},keep_alive_interval=${RDZV_KEEP_ALIVE_SECONDS:-5},keep_alive_max_attempt=3" \
     --nproc_per_node="$NPROC" \

@@ -42,12 +42,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mnist_ddp.atomic import atomic_write_json
-from mnist_ddp.config import ModelConfig, load_config
-from mnist_ddp.console import say
-from mnist_ddp.entry import report_unexpected
-from mnist_ddp.errors import InputError, JobError
-from mnist_ddp.rundir import check_output_folder
+from mnist_ddp.base.atomic import atomic_write_json
+from mnist_ddp.base.console import say
+from mnist_ddp.base.errors import InputError, JobError
+from mnist_ddp.config.loading import load_config
+from mnist_ddp.config.schema import ModelConfig
+from mnist_ddp.parallel.entry import report_unexpected
+from mnist_ddp.state.rundir import check_output_folder
 
 # The model's layer widths: MNIST pixels, the default hidden layers (the blog's MLP), 10 classes.
 WIDTHS = [784, *ModelConfig().hidden, 10]
@@ -148,7 +149,7 @@ def worker(kind: str, argument: int, milliseconds: int = 0) -> None:
     """Run one measurement in this (fresh) process and print it as JSON."""
     import torch
 
-    from mnist_ddp.metrics import peak_rss_mb
+    from mnist_ddp.observe.metrics import peak_rss_mb
 
     if kind == "diagnostics":
         ab = diagnostics_ab(argument)
@@ -441,14 +442,14 @@ def diagnostics_ab(blocks: int) -> dict[str, Any] | None:
     import torch.nn.functional as F
     from torch.nn.parallel import DistributedDataParallel
 
-    from mnist_ddp import distributed, liveness
-    from mnist_ddp.config import DistConfig
-    from mnist_ddp.data import normalize_pixels
-    from mnist_ddp.model import build_model
-    from mnist_ddp.timing import RankClock
+    from mnist_ddp.config.schema import DistConfig
+    from mnist_ddp.data.splits import normalize_pixels
+    from mnist_ddp.model.mlp import build_model
+    from mnist_ddp.observe.timing import RankClock
+    from mnist_ddp.parallel import ddp, distributed, launcher, liveness
 
     torch.set_num_threads(1)
-    launch = distributed.read_launch()
+    launch = launcher.read_launch()
     dist.init_process_group("gloo")
     cpu = torch.device("cpu")
     liveness.start(distributed.job_store(distributed.connect_store(launch, 30)), launch.rank, 2, 30.0, 300.0)
@@ -459,7 +460,7 @@ def diagnostics_ab(blocks: int) -> dict[str, Any] | None:
     clock.watch_gradients(list(on_model.layers[0].parameters()))
     variants = {
         "off": (DistributedDataParallel(plain_model, gradient_as_bucket_view=True), plain_model, None),
-        "on": (distributed.wrap_ddp(on_model, cpu, DistConfig()), on_model, clock),
+        "on": (ddp.wrap_ddp(on_model, cpu, DistConfig()), on_model, clock),
     }
     optimizers = {k: torch.optim.AdamW(m.parameters(), lr=1e-3, fused=True) for k, (_, m, _) in variants.items()}
     generator = torch.Generator().manual_seed(launch.rank)
@@ -527,9 +528,9 @@ def masks_ab(blocks: int) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
 
-    from mnist_ddp.data import normalize_pixels
-    from mnist_ddp.model import build_model
-    from mnist_ddp.sample_noise import DROPOUT_STREAM, sample_keys
+    from mnist_ddp.data.splits import normalize_pixels
+    from mnist_ddp.model.mlp import build_model
+    from mnist_ddp.model.sample_noise import DROPOUT_STREAM, sample_keys
 
     torch.manual_seed(0)
     model = build_model(load_config(None, []), 784).train()

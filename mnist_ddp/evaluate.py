@@ -21,17 +21,20 @@ from typing import Any
 
 import torch
 
-from mnist_ddp import agreement, distributed, plots
-from mnist_ddp.atomic import atomic_write_json
-from mnist_ddp.checkpoint import SavedWeights, check_weights_fit, load_weights_into, model_settings, read_weights
-from mnist_ddp.config import Config, check_path_names, load_config
-from mnist_ddp.console import say
-from mnist_ddp.data import load_on_every_rank
-from mnist_ddp.entry import exit_process, run_command
-from mnist_ddp.errors import InputError
-from mnist_ddp.evaluation import confusion_text, evaluate_across_ranks
-from mnist_ddp.model import build_model
-from mnist_ddp.rundir import check_output_folder
+from mnist_ddp.base.atomic import atomic_write_json
+from mnist_ddp.base.console import say
+from mnist_ddp.base.errors import InputError
+from mnist_ddp.config.checks import check_path_names
+from mnist_ddp.config.loading import load_config
+from mnist_ddp.config.schema import Config
+from mnist_ddp.data.splits import load_on_every_rank
+from mnist_ddp.model.evaluation import confusion_text, evaluate_across_ranks
+from mnist_ddp.model.mlp import build_model
+from mnist_ddp.observe import plots
+from mnist_ddp.parallel import agreement, launcher
+from mnist_ddp.parallel.entry import exit_process, run_command
+from mnist_ddp.state.rundir import check_output_folder
+from mnist_ddp.state.weights import SavedWeights, check_weights_fit, load_weights_into, model_settings, read_weights
 
 
 def split_arguments(argv: list[str] | None) -> tuple[Path, Path | None, list[str]]:
@@ -49,7 +52,7 @@ def split_arguments(argv: list[str] | None) -> tuple[Path, Path | None, list[str
 
 
 def evaluate_checkpoint(
-    cfg: Config, launch: distributed.Launch, device: torch.device, saved: SavedWeights, out: Path
+    cfg: Config, launch: launcher.Launch, device: torch.device, saved: SavedWeights, out: Path
 ) -> dict[str, Any]:
     """Load the weights on every rank, score the test split across ranks, report on rank 0."""
     data = load_on_every_rank(cfg.data, cfg.seed, launch.local_rank, launch.world_size, device)

@@ -18,13 +18,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mnist_ddp.checkpoint import check_weights_fit, load_weights_into, model_settings, read_weights
-from mnist_ddp.config import load_config
-from mnist_ddp.console import say
-from mnist_ddp.data import normalize_pixels
-from mnist_ddp.entry import report_unexpected
-from mnist_ddp.errors import EXIT_INPUT, EXIT_INTERRUPTED, InputError, JobError, first_line
-from mnist_ddp.model import MLP, build_model
+from mnist_ddp.base.console import say
+from mnist_ddp.base.errors import EXIT_INPUT, EXIT_INTERRUPTED, InputError, JobError, first_line
+from mnist_ddp.config.loading import load_config
+from mnist_ddp.data.splits import normalize_pixels
+from mnist_ddp.model.mlp import MLP, build_model
+from mnist_ddp.parallel.entry import report_unexpected
+from mnist_ddp.state.weights import check_weights_fit, load_weights_into, model_settings, read_weights
 
 # Pillow's modes whose pixels are one number on a scale other than 0-255: 16-bit, 32-bit, float.
 # Larger images are refused before decoding: 16 megapixels is a 4096x4096 scan.

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnist_ddp import console, guard
+from mnist_ddp.base import console
+from mnist_ddp.training import guard
 
 # Every command the tests start runs without wandb (its start-up and shut-down cost ~2 s a run);
 # tests/test_tracking.py asks for offline runs explicitly.

@@ -9,9 +9,9 @@ import torch
 from conftest import CONFIGS, run_ranks
 from mnist_files import write_fake_mnist
 
-from mnist_ddp import agreement
-from mnist_ddp.config import load_config
-from mnist_ddp.data import Splits
+from mnist_ddp.config.loading import load_config
+from mnist_ddp.data.splits import Splits
+from mnist_ddp.parallel import agreement
 
 
 def test_a_difference_names_each_value_with_its_ranks_and_hosts():

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mnist_ddp.atomic import atomic_write, atomic_write_json
+from mnist_ddp.base.atomic import atomic_write, atomic_write_json
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):

@@ -11,7 +11,7 @@ from mnist_ddp import bench
 
 
 def test_parameter_count_and_flops_match_the_model():
-    from mnist_ddp.model import MLP, parameter_count
+    from mnist_ddp.model.mlp import MLP, parameter_count
 
     assert bench.PARAMETERS == parameter_count(MLP(784, bench.WIDTHS[1:-1], 0.5)) == 383_242
     assert bench.FLOPS_PER_SAMPLE == 6 * 383_242
@@ -144,7 +144,7 @@ def test_a_bad_override_is_a_one_line_error_before_any_measuring(tmp_path):
 
 
 def test_every_row_is_a_valid_config_and_the_diagnostics_line_reads_the_ab_job():
-    from mnist_ddp.config import load_config
+    from mnist_ddp.config.loading import load_config
 
     for _, overrides in bench.DDP_ROWS:
         load_config(None, overrides)

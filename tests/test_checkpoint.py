@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnist_ddp import checkpoint, rng
-from mnist_ddp.checkpoint import save_model
-from mnist_ddp.config import load_config, to_dict
-from mnist_ddp.errors import InputError
-from mnist_ddp.model import MLP
+from mnist_ddp.base.errors import InputError
+from mnist_ddp.config.loading import load_config, to_dict
+from mnist_ddp.model.mlp import MLP
+from mnist_ddp.state import checkpoint, rng, weights
+from mnist_ddp.state.weights import save_model
 
 
 def test_model_file_loads_weights_only_and_restores_the_model(tmp_path):
@@ -151,8 +151,8 @@ def test_a_snapshot_refuses_other_data_and_says_which_array():
         checkpoint.check_compatible(saved, base, 784, {**fingerprint, "data (train labels)": "60000 sha256:cc"})
 
 
-def test_the_readme_lists_exactly_the_settings_a_resume_may_change():
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+def test_the_docs_list_exactly_the_settings_a_resume_may_change():
+    readme = (Path(__file__).resolve().parent.parent / "docs" / "fault-tolerance.md").read_text()
     paragraph = readme.split("Only these\nmay change on resume:")[1].split("A snapshot also records")[0]
     listed = {part.split("`")[0] for part in paragraph.split("`")[1::2]}
     assert listed == {*checkpoint.SAFE_ON_RESUME, *(f"{s}*" for s in checkpoint.SAFE_SECTIONS)}
@@ -161,22 +161,22 @@ def test_the_readme_lists_exactly_the_settings_a_resume_may_change():
 def test_an_archive_that_unpacks_to_more_than_its_size_is_refused_before_loading(tmp_path):
     plain = tmp_path / "plain.pt"
     torch.save({"state_dict": {"w": torch.zeros(1 << 20)}, "config": {}, "in_features": 64}, plain)
-    assert checkpoint.read_weights(plain).in_features == 64  # torch.save's own archive: stored, not compressed
+    assert weights.read_weights(plain).in_features == 64  # torch.save's own archive: stored, not compressed
     bomb = tmp_path / "bomb.pt"  # the same archive, deflated: 4 MB of zeros in a few KB
     with zipfile.ZipFile(plain) as src, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as dst:
         for item in src.infolist():
             dst.writestr(item.filename, src.read(item.filename))
     assert bomb.stat().st_size < 100_000
     with pytest.raises(InputError, match=r"refused, it would unpack to 4 MB from a 0\.0 MB file \(\d+ compressed"):
-        checkpoint.read_weights(bomb)
+        weights.read_weights(bomb)
 
 
 def test_a_config_that_describes_another_model_than_the_weights_is_refused_before_building_it():
-    weights = MLP(64, [32], 0.5).state_dict()
+    saved = MLP(64, [32], 0.5).state_dict()
     # 30000 x 30000 would be 3.6 GB of weights: checked on the meta device, nothing allocated.
     with pytest.raises(InputError, match=r"do not fit .*layers.0.weight is 32x64 in the checkpoint, 30000x64 in the"):
-        checkpoint.check_weights_fit(lambda: MLP(64, [30000, 30000], 0.5), weights, "checkpoint=x")
-    checkpoint.check_weights_fit(lambda: MLP(64, [32], 0.5), weights, "checkpoint=x")
+        weights.check_weights_fit(lambda: MLP(64, [30000, 30000], 0.5), saved, "checkpoint=x")
+    weights.check_weights_fit(lambda: MLP(64, [32], 0.5), saved, "checkpoint=x")
 
 
 def test_a_snapshot_of_an_earlier_version_resumes_by_following_the_advice():

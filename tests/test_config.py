@@ -8,18 +8,10 @@ import pytest
 from conftest import CONFIGS, run_module
 from omegaconf import OmegaConf
 
-from mnist_ddp.config import (
-    Config,
-    TrainConfig,
-    all_keys,
-    check_text,
-    check_world_size,
-    load_config,
-    parse_args,
-    per_rank_batch,
-    to_dict,
-)
-from mnist_ddp.errors import InputError
+from mnist_ddp.base.errors import InputError
+from mnist_ddp.config.checks import check_text, check_world_size, per_rank_batch
+from mnist_ddp.config.loading import key_reference, load_config, parse_args, to_dict
+from mnist_ddp.config.schema import Config, TrainConfig, all_keys
 
 
 def test_default_yaml_is_the_dataclass_defaults():
@@ -190,3 +182,10 @@ def test_a_utf8_name_under_a_locale_that_cannot_encode_it_says_so(monkeypatch):
         check_text("run.dir", "r\udcc3\udcbcn")
     with pytest.raises(InputError, match=r"is 'caf\\xe9', which is not UTF-8 text"):  # Latin-1 bytes: not UTF-8
         check_text("run.dir", "caf\udce9")
+
+
+def test_the_key_reference_in_the_docs_is_the_generated_one():
+    doc = (CONFIGS.parent / "docs" / "configuration.md").read_text()
+    table = doc.split("<!-- keys: begin -->\n")[1].split("<!-- keys: end -->")[0]
+    assert table == key_reference()
+    assert all(f"| `{key}` |" in table for key in all_keys())

@@ -7,7 +7,7 @@ import io
 import threading
 import time
 
-from mnist_ddp import console
+from mnist_ddp.base import console
 
 
 class StoppedTerminal(io.StringIO):

@@ -10,14 +10,15 @@ import warnings
 import pytest
 import torch
 
-from mnist_ddp.config import Config, ModelConfig, TrainConfig
-from mnist_ddp.cuda_graphs import WARMUP_ITERATIONS, GraphedStep, uncaptured_steps_expected
-from mnist_ddp.data import Splits, shard_indices
-from mnist_ddp.guard import StopGuard
-from mnist_ddp.model import build_model
-from mnist_ddp.optimizer import build_optimizer, build_schedule, step_schedule
-from mnist_ddp.profiling import kernel_ops
-from mnist_ddp.step import TrainStep
+from mnist_ddp.config.schema import Config, ModelConfig, TrainConfig
+from mnist_ddp.data.order import shard_indices
+from mnist_ddp.data.splits import Splits
+from mnist_ddp.model.mlp import build_model
+from mnist_ddp.model.optimizer import build_optimizer, build_schedule, step_schedule
+from mnist_ddp.observe.profiling import kernel_ops
+from mnist_ddp.training.cuda_graphs import WARMUP_ITERATIONS, GraphedStep, uncaptured_steps_expected
+from mnist_ddp.training.guard import StopGuard
+from mnist_ddp.training.step import TrainStep
 
 CPU = torch.device("cpu")
 

@@ -27,9 +27,11 @@ from mnist_files import (
 )
 from torch.utils.data import DistributedSampler
 
-from mnist_ddp import data, download
-from mnist_ddp.config import DataConfig
-from mnist_ddp.errors import InputError
+from mnist_ddp.base.errors import InputError
+from mnist_ddp.config.schema import DataConfig
+from mnist_ddp.data import download, readers
+from mnist_ddp.data import order as data_order
+from mnist_ddp.data import splits as data_splits
 
 
 def offline(root: Path | str, **kwargs) -> DataConfig:
@@ -56,15 +58,15 @@ def test_helpers_write_the_idx_layout(tmp_path):
 def test_read_idx_round_trips(tmp_path, gz):
     train_x, train_y, test_x, test_y = write_fake_mnist(tmp_path, n_train=12, n_test=5, gz=gz, seed=3)
     suffix = ".gz" if gz else ""
-    images = data.read_images(tmp_path / (TRAIN_IMAGES + suffix))
-    labels = data.read_labels(tmp_path / (TRAIN_LABELS + suffix))
+    images = readers.read_images(tmp_path / (TRAIN_IMAGES + suffix))
+    labels = readers.read_labels(tmp_path / (TRAIN_LABELS + suffix))
     assert images.dtype == np.uint8 and images.shape == (12, 784)
     np.testing.assert_array_equal(images, train_x.reshape(12, 784))
     np.testing.assert_array_equal(labels, train_y)
-    raw = data.read_idx(tmp_path / (TEST_IMAGES + suffix), IMAGES_MAGIC)
+    raw = readers.read_idx(tmp_path / (TEST_IMAGES + suffix), IMAGES_MAGIC)
     assert raw.shape == (5, 28, 28)
     np.testing.assert_array_equal(raw, test_x)
-    np.testing.assert_array_equal(data.read_labels(tmp_path / (TEST_LABELS + suffix)), test_y)
+    np.testing.assert_array_equal(readers.read_labels(tmp_path / (TEST_LABELS + suffix)), test_y)
 
 
 @pytest.mark.parametrize("gz", [False, True], ids=["raw", "gz"])
@@ -72,7 +74,7 @@ def test_load_splits_standard_round_trips(tmp_path, gz):
     train_x, train_y, test_x, test_y = write_fake_mnist(tmp_path, n_train=20, n_test=7, gz=gz)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # e.g. torch's "non-writable array" warning
-        splits = data.load_splits(offline(tmp_path), seed=0)
+        splits = data_splits.load_splits(offline(tmp_path), seed=0)
     assert splits.train_images.dtype == torch.uint8 and splits.test_images.dtype == torch.uint8
     assert splits.train_labels.dtype == torch.int64 and splits.test_labels.dtype == torch.int64
     assert splits.in_features == 784
@@ -104,19 +106,19 @@ def test_truncated_header(tmp_path, magic, size, need):
     path = tmp_path / "file"
     path.write_bytes(idx_bytes(random_images(1), IMAGES_MAGIC)[:size])
     with raises_about(path, f"truncated header ({size} bytes, need {need})"):
-        data.read_idx(path, magic)
+        readers.read_idx(path, magic)
 
 
 def test_images_file_given_as_labels(tmp_path):
     path = write_idx(tmp_path / TRAIN_IMAGES, random_images(2), IMAGES_MAGIC)
     with raises_about(path, "magic number 2051 is not an IDX labels file (2049)"):
-        data.read_labels(path)
+        readers.read_labels(path)
 
 
 def test_labels_file_given_as_images(tmp_path):
     path = write_idx(tmp_path / TRAIN_LABELS, np.arange(10, dtype=np.uint8), LABELS_MAGIC)  # >= 16 bytes
     with raises_about(path, "magic number 2049 is not an IDX images file (2051)"):
-        data.read_images(path)
+        readers.read_images(path)
 
 
 def test_swapped_files_in_load_splits(tmp_path):
@@ -127,14 +129,14 @@ def test_swapped_files_in_load_splits(tmp_path):
     images.write_bytes(labels_bytes + bytes(8))  # long enough to get past the 16-byte header
     labels.write_bytes(images_bytes)
     with raises_about(images, "is not an IDX images file"):
-        data.load_splits(offline(tmp_path), seed=0)
+        data_splits.load_splits(offline(tmp_path), seed=0)
 
 
 @pytest.mark.parametrize("shape", [(3, 27, 28), (3, 28, 14), (2, 32, 32)])
 def test_images_not_28x28(tmp_path, shape):
     path = write_idx(tmp_path / "imgs.gz", np.zeros(shape, dtype=np.uint8), IMAGES_MAGIC)
     with raises_about(path, f"images are {shape[1]}x{shape[2]}, MNIST's are 28x28"):
-        data.read_images(path)
+        readers.read_images(path)
 
 
 @pytest.mark.parametrize("delta", [-1, -784, 1, 500], ids=["short1", "short_image", "long1", "long500"])
@@ -144,7 +146,7 @@ def test_images_length_disagrees_with_header(tmp_path, delta):
     path = tmp_path / TRAIN_IMAGES
     path.write_bytes(raw)
     with raises_about(path, "header says 3x28x28 (2368 bytes)", f"the file has {2368 + delta} bytes"):
-        data.read_images(path)
+        readers.read_images(path)
 
 
 @pytest.mark.parametrize("delta", [-1, 1])
@@ -154,47 +156,47 @@ def test_labels_length_disagrees_with_header_inside_gzip(tmp_path, delta):
     path = tmp_path / (TRAIN_LABELS + ".gz")
     path.write_bytes(gzip.compress(raw))
     with raises_about(path, "header says 5 (13 bytes)", f"the file has {13 + delta} bytes", "truncated or corrupt"):
-        data.read_labels(path)
+        readers.read_labels(path)
 
 
 def test_image_count_differs_from_label_count(tmp_path):
     images = write_idx(tmp_path / TRAIN_IMAGES, random_images(4), IMAGES_MAGIC)
     labels = write_idx(tmp_path / TRAIN_LABELS, np.zeros(5, dtype=np.uint8), LABELS_MAGIC)
     with raises_about(images, str(labels), "holds 4 images", "holds 5 labels"):
-        data.read_idx_pair(images, labels)
+        readers.read_idx_pair(images, labels)
 
 
 def test_count_mismatch_in_load_splits(tmp_path):
     write_fake_mnist(tmp_path, n_train=10, n_test=4)
     labels = write_idx(tmp_path / TEST_LABELS, np.zeros(3, dtype=np.uint8), LABELS_MAGIC)
     with raises_about(labels, str(tmp_path / TEST_IMAGES), "holds 4 images", "holds 3 labels"):
-        data.load_splits(offline(tmp_path), seed=0)
+        data_splits.load_splits(offline(tmp_path), seed=0)
 
 
 @pytest.mark.parametrize(("labels", "bad", "at"), [([1, 2, 10, 3], 10, 2), ([255, 0], 255, 0), ([9, 9, 9, 11], 11, 3)])
 def test_label_outside_0_to_9(tmp_path, labels, bad, at):
     path = write_idx(tmp_path / TRAIN_LABELS, np.array(labels, dtype=np.uint8), LABELS_MAGIC)
     with raises_about(path, f"label {bad} at index {at} is outside 0-9"):
-        data.read_labels(path)
+        readers.read_labels(path)
 
 
 def test_labels_0_to_9_are_accepted(tmp_path):
     path = write_idx(tmp_path / TRAIN_LABELS, np.arange(10, dtype=np.uint8), LABELS_MAGIC)
-    np.testing.assert_array_equal(data.read_labels(path), np.arange(10))
+    np.testing.assert_array_equal(readers.read_labels(path), np.arange(10))
 
 
 def test_garbage_gzip(tmp_path):
     path = tmp_path / (TRAIN_IMAGES + ".gz")
     path.write_bytes(b"this is not gzip at all, just some bytes" * 4)
     with raises_about(path, "cannot read it", "download it again"):
-        data.read_images(path)
+        readers.read_images(path)
 
 
 def test_truncated_gzip(tmp_path):
     path = write_idx(tmp_path / (TRAIN_IMAGES + ".gz"), random_images(3), IMAGES_MAGIC)
     path.write_bytes(path.read_bytes()[:-20])  # cut off the tail and the CRC trailer
     with raises_about(path, "cannot read it"):
-        data.read_images(path)
+        readers.read_images(path)
 
 
 def test_corrupt_gzip_in_load_splits(tmp_path):
@@ -202,7 +204,7 @@ def test_corrupt_gzip_in_load_splits(tmp_path):
     bad = tmp_path / (TRAIN_LABELS + ".gz")
     bad.write_bytes(b"\x1f\x8b garbage")
     with raises_about(bad, "cannot read it"):
-        data.load_splits(offline(tmp_path), seed=0)
+        data_splits.load_splits(offline(tmp_path), seed=0)
 
 
 # --- finding files ---------------------------------------------------------------------------
@@ -221,7 +223,7 @@ def test_find_idx_files_torchvision_layout(tmp_path):
     train_x, _, _, test_y = write_fake_mnist(raw, n_train=6, n_test=3, gz=True)
     found = download.find_idx_files(tmp_path)
     assert found == {key: raw / (name + ".gz") for key, name in download.IDX_NAMES.items()}
-    splits = data.load_splits(offline(tmp_path), seed=0)
+    splits = data_splits.load_splits(offline(tmp_path), seed=0)
     np.testing.assert_array_equal(splits.train_images.numpy(), train_x.reshape(6, 784))
     np.testing.assert_array_equal(splits.test_labels.numpy(), test_y)
 
@@ -240,7 +242,7 @@ def test_missing_files_without_download(tmp_path):
     (tmp_path / TEST_IMAGES).unlink()
     (tmp_path / TEST_LABELS).unlink()
     with pytest.raises(InputError) as info:
-        data.load_splits(offline(tmp_path), seed=0)
+        data_splits.load_splits(offline(tmp_path), seed=0)
     message = str(info.value)
     assert f"missing from {tmp_path}: {TEST_IMAGES}, {TEST_LABELS};" in message
     assert TRAIN_IMAGES not in message and TRAIN_LABELS not in message
@@ -250,7 +252,7 @@ def test_missing_files_without_download(tmp_path):
 def test_missing_folder_without_download(tmp_path):
     root = tmp_path / "absent"
     with pytest.raises(InputError) as info:
-        data.load_splits(offline(root), seed=0)
+        data_splits.load_splits(offline(root), seed=0)
     assert f"missing from {root}: {', '.join(IDX_FILENAMES)};" in str(info.value)
     assert not root.exists()
 
@@ -269,7 +271,7 @@ def write_mat(path: Path, images: np.ndarray, labels: np.ndarray, **extra) -> Pa
 def test_read_mat_round_trips(tmp_path):
     images = random_images(9, seed=5)
     labels = np.array([0, 1, 2, 3, 4, 5, 6, 7, 9])
-    x, y = data.read_mat(write_mat(tmp_path / "m.mat", images, labels))
+    x, y = readers.read_mat(write_mat(tmp_path / "m.mat", images, labels))
     assert x.dtype == np.uint8 and x.shape == (9, 784) and x.flags.c_contiguous
     assert y.dtype == np.int64
     np.testing.assert_array_equal(x, images.reshape(9, 784))
@@ -280,57 +282,57 @@ def test_mat_without_label(tmp_path):
     path = tmp_path / "m.mat"
     scipy.io.savemat(path, {"data": np.zeros((784, 3), dtype=np.uint8), "labels": np.zeros((1, 3))})
     with raises_about(path, "expected variables 'data' and 'label', found ['data', 'labels']"):
-        data.read_mat(path)
+        readers.read_mat(path)
 
 
 def test_mat_with_wrong_data_shape(tmp_path):
     path = tmp_path / "m.mat"
     scipy.io.savemat(path, {"data": np.zeros((783, 3), dtype=np.uint8), "label": np.zeros((1, 3))})
     with raises_about(path, "'data' is (783, 3), expected 784 x 3"):
-        data.read_mat(path)
+        readers.read_mat(path)
 
 
 def test_mat_with_bad_label(tmp_path):
     path = write_mat(tmp_path / "m.mat", random_images(3), np.array([1, 12, 3]))
     with raises_about(path, "label 12 at index 1 is outside 0-9"):
-        data.read_mat(path)
+        readers.read_mat(path)
 
 
 def test_mat_garbage(tmp_path):
-    path = tmp_path / data.MAT_NAME
+    path = tmp_path / readers.MAT_NAME
     path.write_bytes(b"not a MATLAB file" * 20)
     with raises_about(path, "not a readable MATLAB file"):
-        data.read_mat(path)
+        readers.read_mat(path)
 
 
 def test_mat_path_detection(tmp_path):
-    mat = tmp_path / data.MAT_NAME
+    mat = tmp_path / readers.MAT_NAME
     # A root naming a .mat file is that file, whatever is beside it, unless format=idx.
-    assert data.mat_path(DataConfig(root=str(mat))) == mat
-    assert data.mat_path(DataConfig(root=str(tmp_path / "other.mat"), format="mat")) == tmp_path / "other.mat"
-    assert data.mat_path(DataConfig(root=str(mat), format="idx")) is None
+    assert readers.mat_path(DataConfig(root=str(mat))) == mat
+    assert readers.mat_path(DataConfig(root=str(tmp_path / "other.mat"), format="mat")) == tmp_path / "other.mat"
+    assert readers.mat_path(DataConfig(root=str(mat), format="idx")) is None
     # format=mat on a folder means the folder's mnist-original.mat, present or not.
-    assert data.mat_path(DataConfig(root=str(tmp_path), format="mat")) == mat
+    assert readers.mat_path(DataConfig(root=str(tmp_path), format="mat")) == mat
     # auto on a folder: the .mat only when it is there and no IDX file is.
-    assert data.mat_path(DataConfig(root=str(tmp_path))) is None
+    assert readers.mat_path(DataConfig(root=str(tmp_path))) is None
     write_mat(mat, random_images(2), np.array([1, 2]))
-    assert data.mat_path(DataConfig(root=str(tmp_path))) == mat
-    assert data.mat_path(DataConfig(root=str(tmp_path), format="idx")) is None
+    assert readers.mat_path(DataConfig(root=str(tmp_path))) == mat
+    assert readers.mat_path(DataConfig(root=str(tmp_path), format="idx")) is None
     write_idx(tmp_path / "MNIST" / "raw" / (TRAIN_LABELS + ".gz"), np.zeros(2, dtype=np.uint8), LABELS_MAGIC)
-    assert data.mat_path(DataConfig(root=str(tmp_path))) is None
+    assert readers.mat_path(DataConfig(root=str(tmp_path))) is None
 
 
 def test_mat_format_with_missing_file(tmp_path):
-    with raises_about(tmp_path / data.MAT_NAME, "does not exist", "data.root"):
-        data.load_splits(offline(tmp_path, format="mat"), seed=0)
+    with raises_about(tmp_path / readers.MAT_NAME, "does not exist", "data.root"):
+        data_splits.load_splits(offline(tmp_path, format="mat"), seed=0)
 
 
 def test_load_splits_from_mat_with_seed_split(tmp_path):
     images, labels = random_images(30, seed=1), np.arange(30) % 10
     images[:, 0, 0] = np.arange(30)  # number the images
-    write_mat(tmp_path / data.MAT_NAME, images, labels)
+    write_mat(tmp_path / readers.MAT_NAME, images, labels)
     cfg = offline(tmp_path, split="seed", seed_train_size=20, seed_test_size=6)
-    splits = data.load_splits(cfg, seed=4)
+    splits = data_splits.load_splits(cfg, seed=4)
     train_ids, test_ids = splits.train_images[:, 0].numpy(), splits.test_images[:, 0].numpy()
     assert len(train_ids) == 20 and len(test_ids) == 6
     assert set(train_ids).isdisjoint(test_ids)
@@ -341,8 +343,8 @@ def test_load_splits_from_mat_with_seed_split(tmp_path):
 # --- scikit-learn digits ---------------------------------------------------------------------
 
 
-def digits(split: str, seed: int) -> data.Splits:
-    return data.load_splits(DataConfig(dataset="digits", split=split, root="/nonexistent"), seed=seed)
+def digits(split: str, seed: int) -> data_splits.Splits:
+    return data_splits.load_splits(DataConfig(dataset="digits", split=split, root="/nonexistent"), seed=seed)
 
 
 def test_digits_shapes_and_range():
@@ -375,8 +377,8 @@ def test_digits_seed_split_follows_seed():
 # --- seed split on an MNIST pool -------------------------------------------------------------
 
 
-def seed_split(root: Path, seed: int, train: int = 30, test: int = 8) -> data.Splits:
-    return data.load_splits(offline(root, split="seed", seed_train_size=train, seed_test_size=test), seed=seed)
+def seed_split(root: Path, seed: int, train: int = 30, test: int = 8) -> data_splits.Splits:
+    return data_splits.load_splits(offline(root, split="seed", seed_train_size=train, seed_test_size=test), seed=seed)
 
 
 @pytest.fixture
@@ -421,25 +423,25 @@ def test_seed_split_larger_than_pool(pool):
 
 
 def test_epoch_permutation_deterministic_and_new_each_epoch():
-    a = data.epoch_permutation(100, seed=3, epoch=0)
+    a = data_order.epoch_permutation(100, seed=3, epoch=0)
     assert sorted(a.tolist()) == list(range(100))
-    assert torch.equal(a, data.epoch_permutation(100, seed=3, epoch=0))
-    assert not torch.equal(a, data.epoch_permutation(100, seed=3, epoch=1))
-    assert not torch.equal(a, data.epoch_permutation(100, seed=4, epoch=7))
+    assert torch.equal(a, data_order.epoch_permutation(100, seed=3, epoch=0))
+    assert not torch.equal(a, data_order.epoch_permutation(100, seed=3, epoch=1))
+    assert not torch.equal(a, data_order.epoch_permutation(100, seed=4, epoch=7))
 
 
 @pytest.mark.parametrize(("seed", "epoch"), [(0, 0), (3, 2), (11, 5)])
 def test_epoch_permutation_matches_distributed_sampler(seed, epoch):
     sampler = DistributedSampler(range(37), num_replicas=1, rank=0, shuffle=True, seed=seed)
     sampler.set_epoch(epoch)
-    assert data.epoch_permutation(37, seed, epoch).tolist() == list(sampler)
+    assert data_order.epoch_permutation(37, seed, epoch).tolist() == list(sampler)
 
 
 @pytest.mark.parametrize("n", [10, 7, 2])
 @pytest.mark.parametrize("world_size", [1, 2, 3, 4, 5])
 def test_shard_indices_match_distributed_sampler(n, world_size):
     order = torch.arange(n)
-    shards = [data.shard_indices(order, rank, world_size) for rank in range(world_size)]
+    shards = [data_order.shard_indices(order, rank, world_size) for rank in range(world_size)]
     for rank, shard in enumerate(shards):
         sampler = DistributedSampler(range(n), num_replicas=world_size, rank=rank, shuffle=False)
         assert shard.tolist() == list(sampler), (rank, world_size)
@@ -455,8 +457,8 @@ def test_shard_indices_match_distributed_sampler(n, world_size):
 
 
 def test_shard_indices_follow_a_shuffled_order():
-    order = data.epoch_permutation(10, seed=1, epoch=2)
-    shards = [data.shard_indices(order, rank, 3).tolist() for rank in range(3)]
+    order = data_order.epoch_permutation(10, seed=1, epoch=2)
+    shards = [data_order.shard_indices(order, rank, 3).tolist() for rank in range(3)]
     o = order.tolist()
     assert shards == [
         [o[0], o[3], o[6], o[9]],
@@ -471,7 +473,7 @@ def test_shard_indices_follow_a_shuffled_order():
 @pytest.mark.parametrize("device", ["cpu", "meta"])
 def test_splits_to_keeps_dtypes(tmp_path, device):
     write_fake_mnist(tmp_path, n_train=6, n_test=3)
-    splits = data.load_splits(offline(tmp_path), seed=0)
+    splits = data_splits.load_splits(offline(tmp_path), seed=0)
     moved = splits.to(torch.device(device))
     for name in ("train_images", "train_labels", "test_images", "test_labels"):
         before, after = getattr(splits, name), getattr(moved, name)
@@ -486,11 +488,11 @@ def test_shift_images_moves_each_image_by_at_most_max_shift_and_fills_background
     torch.manual_seed(0)
     dot = torch.zeros(1, 28 * 28)
     dot[0, 14 * 28 + 14] = 255
-    images = data.normalize_pixels(dot).repeat(2000, 1)
+    images = data_splits.normalize_pixels(dot).repeat(2000, 1)
     offsets = torch.randint(0, 5, (2000, 2))
-    shifted = data.shift_images(images, 2, offsets)
+    shifted = data_order.shift_images(images, 2, offsets)
     assert shifted.shape == images.shape
-    background = data.normalize_pixels(torch.zeros(1))[0]
+    background = data_splits.normalize_pixels(torch.zeros(1))[0]
     positions = shifted.argmax(dim=1)
     rows, cols = positions // 28 - 14, positions % 28 - 14
     # Exactly one bright pixel survives per image, within 2 pixels of where it was, every offset used.
@@ -498,4 +500,4 @@ def test_shift_images_moves_each_image_by_at_most_max_shift_and_fills_background
     assert set(zip(rows.tolist(), cols.tolist(), strict=True)) == {(y, x) for y in range(-2, 3) for x in range(-2, 3)}
     assert torch.isclose(shifted[shifted < background + 1], background).all()
     assert torch.equal(rows, 2 - offsets[:, 0]) and torch.equal(cols, 2 - offsets[:, 1])  # (rows, columns) as given
-    assert torch.equal(data.shift_images(images, 0, torch.zeros(2000, 2, dtype=torch.long)), images)
+    assert torch.equal(data_order.shift_images(images, 0, torch.zeros(2000, 2, dtype=torch.long)), images)

@@ -16,12 +16,12 @@ import torch.multiprocessing as mp
 from conftest import CONFIGS, REPO, free_port, run_in_process, run_ranks
 from mnist_files import write_fake_mnist
 
-from mnist_ddp import distributed
-from mnist_ddp.data import epoch_permutation, shard_indices
-from mnist_ddp.errors import InputError
-from mnist_ddp.evaluation import evaluate_across_ranks
-from mnist_ddp.fault_injection import FAULT_ENV, PRINT_HASH_ENV
-from mnist_ddp.model import MLP
+from mnist_ddp.base.errors import InputError
+from mnist_ddp.base.fault_injection import FAULT_ENV, PRINT_HASH_ENV
+from mnist_ddp.data.order import epoch_permutation, shard_indices
+from mnist_ddp.model.evaluation import evaluate_across_ranks
+from mnist_ddp.model.mlp import MLP
+from mnist_ddp.parallel import distributed, launcher
 
 SMOKE = str(CONFIGS / "smoke.yaml")
 OUTPUTS = ["checkpoints", "config.yaml", "metrics.jsonl", "model.pt", "plots", "profile", "summary.json"]
@@ -29,8 +29,8 @@ OUTPUTS = ["checkpoints", "config.yaml", "metrics.jsonl", "model.pt", "plots", "
 
 def test_torchrun_environment():
     env = {"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4", "MASTER_ADDR": "n1", "MASTER_PORT": "1234"}
-    assert distributed.read_launch(env) == distributed.Launch(3, 1, 4, "torchrun", "n1", 1234)
-    assert distributed.read_launch({**env, "LOCAL_WORLD_SIZE": "2"}).local_world_size == 2
+    assert launcher.read_launch(env) == launcher.Launch(3, 1, 4, "torchrun", "n1", 1234)
+    assert launcher.read_launch({**env, "LOCAL_WORLD_SIZE": "2"}).local_world_size == 2
 
 
 def test_bare_srun_environment():
@@ -41,15 +41,15 @@ def test_bare_srun_environment():
         "SLURM_JOB_ID": "123456",
         "SLURM_JOB_NODELIST": "gpu[07-10],cpu1",
     }
-    launch = distributed.read_launch(env)
-    assert launch == distributed.Launch(5, 1, 8, "slurm", "gpu07", 20000 + 123456 % 20000)
+    launch = launcher.read_launch(env)
+    assert launch == launcher.Launch(5, 1, 8, "slurm", "gpu07", 20000 + 123456 % 20000)
     # torchrun inside an allocation wins over SLURM's variables.
-    assert distributed.read_launch({**env, "RANK": "0", "WORLD_SIZE": "2"}).launcher == "torchrun"
+    assert launcher.read_launch({**env, "RANK": "0", "WORLD_SIZE": "2"}).launcher == "torchrun"
 
 
 def test_no_launcher_and_single_task_slurm_are_world_size_1():
-    assert distributed.read_launch({}) == distributed.Launch()
-    assert distributed.read_launch({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}).world_size == 1
+    assert launcher.read_launch({}) == launcher.Launch()
+    assert launcher.read_launch({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}).world_size == 1
 
 
 @pytest.mark.parametrize(
@@ -57,7 +57,7 @@ def test_no_launcher_and_single_task_slurm_are_world_size_1():
     [("node1", "node1"), ("gpu[03-05,9]", "gpu03"), ("a[1,2],b3", "a1"), ("n[001-004]-ib", "n001-ib"), ("x,y", "x")],
 )
 def test_first_host(nodelist, host):
-    assert distributed.first_host(nodelist) == host
+    assert launcher.first_host(nodelist) == host
 
 
 @pytest.mark.parametrize(
@@ -72,42 +72,42 @@ def test_first_host(nodelist, host):
     ],
 )
 def test_threads_follow_the_cpus_the_launcher_gives_each_rank(configured, env, expected):
-    assert distributed.threads_per_rank(configured, 8, env) == expected
+    assert launcher.threads_per_rank(configured, 8, env) == expected
 
 
 def test_without_slurm_the_cpus_this_process_may_use_are_shared_by_the_local_ranks():
     import os
 
     cpus = len(os.sched_getaffinity(0))
-    assert distributed.threads_per_rank(0, 64, {"LOCAL_WORLD_SIZE": "1"}) == cpus
-    assert distributed.threads_per_rank(0, 64, {"LOCAL_WORLD_SIZE": str(cpus * 2)}) == 1
+    assert launcher.threads_per_rank(0, 64, {"LOCAL_WORLD_SIZE": "1"}) == cpus
+    assert launcher.threads_per_rank(0, 64, {"LOCAL_WORLD_SIZE": str(cpus * 2)}) == 1
 
 
 @pytest.mark.parametrize(
     "launch, visible, share, index",
     [
-        (distributed.Launch(local_rank=0), 4, False, 0),
-        (distributed.Launch(3, 3, 4, "torchrun", local_world_size=4), 4, False, 3),  # torchrun: rank i, GPU i
-        (distributed.Launch(5, 1, 8, "slurm"), 1, False, 0),  # bare srun --gpus-per-task=1: its one GPU
-        (distributed.Launch(5, 1, 8, "slurm"), 4, False, 1),  # bare srun, every GPU visible to every task
-        (distributed.Launch(1, 1, 2, "torchrun", local_world_size=2), 1, True, 0),  # gloo ranks share a GPU
+        (launcher.Launch(local_rank=0), 4, False, 0),
+        (launcher.Launch(3, 3, 4, "torchrun", local_world_size=4), 4, False, 3),  # torchrun: rank i, GPU i
+        (launcher.Launch(5, 1, 8, "slurm"), 1, False, 0),  # bare srun --gpus-per-task=1: its one GPU
+        (launcher.Launch(5, 1, 8, "slurm"), 4, False, 1),  # bare srun, every GPU visible to every task
+        (launcher.Launch(1, 1, 2, "torchrun", local_world_size=2), 1, True, 0),  # gloo ranks share a GPU
     ],
 )
 def test_each_rank_takes_the_gpu_its_launcher_means(launch, visible, share, index):
-    assert distributed.cuda_index(launch, visible, share) == index
+    assert launcher.cuda_index(launch, visible, share) == index
 
 
 def test_more_torchrun_ranks_than_gpus_is_an_error():
-    launch = distributed.Launch(1, 1, 2, "torchrun", local_world_size=2)
+    launch = launcher.Launch(1, 1, 2, "torchrun", local_world_size=2)
     with pytest.raises(InputError, match=r"local rank 1 has no GPU \(1 visible to it\); start at most 1 ranks"):
-        distributed.cuda_index(launch, 1)
+        launcher.cuda_index(launch, 1)
 
 
 def test_backend_follows_the_device():
-    assert distributed.choose_backend("auto", torch.device("cpu")) == "gloo"
-    assert distributed.choose_backend("auto", torch.device("cuda", 0)) == "nccl"
+    assert launcher.choose_backend("auto", torch.device("cpu")) == "gloo"
+    assert launcher.choose_backend("auto", torch.device("cuda", 0)) == "nccl"
     with pytest.raises(InputError, match=r"dist\.backend=nccl needs CUDA ranks"):
-        distributed.choose_backend("nccl", torch.device("cpu"))
+        launcher.choose_backend("nccl", torch.device("cpu"))
 
 
 def test_epoch_shards_are_disjoint_cover_and_reshuffle():

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from mnist_files import IDX_FILENAMES, IMAGES_MAGIC, LABELS_MAGIC, fake_images, idx_bytes
 
-from mnist_ddp import data, download
-from mnist_ddp.config import DataConfig
-from mnist_ddp.errors import InputError
+from mnist_ddp.base.errors import InputError
+from mnist_ddp.config.schema import DataConfig
+from mnist_ddp.data import download, readers
+from mnist_ddp.data import splits as data_splits
 
 GZ_NAMES = [name + ".gz" for name in IDX_FILENAMES]
 TIMEOUT = 2.0  # per request; generous for a local server, short enough to notice a hang
@@ -130,7 +131,7 @@ def config(root: Path, mirrors: list[str], timeout: float = TIMEOUT, **kwargs) -
     return DataConfig(root=str(root), mirrors=mirrors, download=True, download_timeout_seconds=timeout, **kwargs)
 
 
-def assert_loaded(splits: data.Splits, fake: Fake) -> None:
+def assert_loaded(splits: data_splits.Splits, fake: Fake) -> None:
     np.testing.assert_array_equal(splits.train_images.numpy(), fake.arrays["train_images"].reshape(12, 784))
     np.testing.assert_array_equal(splits.train_labels.numpy(), fake.arrays["train_labels"])
     np.testing.assert_array_equal(splits.test_images.numpy(), fake.arrays["test_images"].reshape(5, 784))
@@ -140,7 +141,7 @@ def assert_loaded(splits: data.Splits, fake: Fake) -> None:
 def test_download_good_files(server, fake, tmp_path, capsys):
     root = tmp_path / "data"  # does not exist yet
     good = serve(server, "good", fake.gz)
-    splits = data.load_splits(config(root, [good]), seed=0)
+    splits = data_splits.load_splits(config(root, [good]), seed=0)
     assert_loaded(splits, fake)
     assert sorted(p.name for p in root.iterdir()) == sorted(GZ_NAMES)  # no temp files left
     for name in GZ_NAMES:
@@ -149,13 +150,13 @@ def test_download_good_files(server, fake, tmp_path, capsys):
     assert f"downloaded {good}{GZ_NAMES[0]} -> {root / GZ_NAMES[0]}" in capsys.readouterr().out
     # A second load finds the files and downloads nothing.
     server.requests.clear()
-    assert_loaded(data.load_splits(config(root, [good]), seed=0), fake)
+    assert_loaded(data_splits.load_splits(config(root, [good]), seed=0), fake)
     assert server.requests == []
 
 
 def test_mirror_without_trailing_slash(server, fake, tmp_path):
     serve(server, "good", fake.gz)
-    assert_loaded(data.load_splits(config(tmp_path, [server.mirror("good", slash=False)]), seed=0), fake)
+    assert_loaded(data_splits.load_splits(config(tmp_path, [server.mirror("good", slash=False)]), seed=0), fake)
     assert sorted(server.requests) == sorted(f"/good/{name}" for name in GZ_NAMES)
 
 
@@ -163,14 +164,14 @@ def test_only_missing_files_are_downloaded(server, fake, tmp_path):
     for name in GZ_NAMES[:2]:  # the train files are already there
         (tmp_path / name).write_bytes(fake.gz[name])
     good = serve(server, "good", fake.gz)
-    assert_loaded(data.load_splits(config(tmp_path, [good]), seed=0), fake)
+    assert_loaded(data_splits.load_splits(config(tmp_path, [good]), seed=0), fake)
     assert sorted(server.requests) == sorted(f"/good/{name}" for name in GZ_NAMES[2:])
 
 
 def test_bad_md5_then_good_mirror(server, fake, tmp_path):
     bad = serve(server, "bad", corrupted(fake.gz))
     good = serve(server, "good", fake.gz)
-    assert_loaded(data.load_splits(config(tmp_path, [bad, good]), seed=0), fake)
+    assert_loaded(data_splits.load_splits(config(tmp_path, [bad, good]), seed=0), fake)
     # Each file was tried on the bad mirror first, then fetched from the good one.
     expected = [f"/{m}/{name}" for name in GZ_NAMES for m in ("bad", "good")]
     assert server.requests == expected
@@ -185,7 +186,7 @@ def test_bad_md5_everywhere(server, fake, tmp_path):
     bad1 = serve(server, "bad1", corrupted(fake.gz))
     bad2 = serve(server, "bad2", corrupted(fake.gz))
     with pytest.raises(InputError) as info:
-        data.load_splits(config(root, [bad1, bad2]), seed=0)
+        data_splits.load_splits(config(root, [bad1, bad2]), seed=0)
     message = str(info.value)
     assert f"could not download {GZ_NAMES[0]}" in message
     assert f"{bad1}{GZ_NAMES[0]}: md5 " in message and f"{bad2}{GZ_NAMES[0]}: md5 " in message
@@ -197,14 +198,14 @@ def test_bad_md5_everywhere(server, fake, tmp_path):
 def test_404_moves_to_next_mirror(server, fake, tmp_path):
     empty = server.mirror("empty")
     good = serve(server, "good", fake.gz)
-    assert_loaded(data.load_splits(config(tmp_path, [empty, good]), seed=0), fake)
+    assert_loaded(data_splits.load_splits(config(tmp_path, [empty, good]), seed=0), fake)
     assert server.requests[:2] == [f"/empty/{GZ_NAMES[0]}", f"/good/{GZ_NAMES[0]}"]
 
 
 def test_404_everywhere(server, fake, tmp_path):
     empty = server.mirror("empty")
     with pytest.raises(InputError) as info:
-        data.load_splits(config(tmp_path, [empty]), seed=0)
+        data_splits.load_splits(config(tmp_path, [empty]), seed=0)
     message = str(info.value)
     # The failure names the URL and the HTTP status.
     assert f"{empty}{GZ_NAMES[0]}: HTTP Error 404: Not Found" in message
@@ -214,7 +215,7 @@ def test_404_everywhere(server, fake, tmp_path):
 def test_partial_failure_lists_only_what_is_still_missing(server, fake, tmp_path):
     partial = serve(server, "partial", {GZ_NAMES[0]: fake.gz[GZ_NAMES[0]]})
     with pytest.raises(InputError) as info:
-        data.load_splits(config(tmp_path, [partial]), seed=0)
+        data_splits.load_splits(config(tmp_path, [partial]), seed=0)
     message = str(info.value)
     assert f"could not download {GZ_NAMES[1]}" in message
     assert f"missing from {tmp_path}: {', '.join(IDX_FILENAMES[1:])};" in message
@@ -227,7 +228,7 @@ def test_timeout(server, fake, tmp_path):
     slow = server.mirror("slow")
     start = time.monotonic()
     with pytest.raises(InputError) as info:
-        data.load_splits(config(tmp_path / "data", [slow], timeout=0.5), seed=0)
+        data_splits.load_splits(config(tmp_path / "data", [slow], timeout=0.5), seed=0)
     elapsed = time.monotonic() - start
     assert 0.4 < elapsed < 5, elapsed
     assert f"{slow}{GZ_NAMES[0]}: timed out" in str(info.value)
@@ -239,7 +240,7 @@ def test_unreachable_mirror_creates_nothing(fake, tmp_path):
     closed = "http://127.0.0.1:1/"
     start = time.monotonic()
     with pytest.raises(InputError) as info:
-        data.load_splits(config(root, [closed]), seed=0)
+        data_splits.load_splits(config(root, [closed]), seed=0)
     assert time.monotonic() - start < 5
     message = str(info.value)
     assert f"could not download {GZ_NAMES[0]} ({closed}{GZ_NAMES[0]}: " in message
@@ -249,7 +250,7 @@ def test_unreachable_mirror_creates_nothing(fake, tmp_path):
 
 def test_no_mirrors(fake, tmp_path):
     with pytest.raises(InputError, match=r"data\.mirrors is empty"):
-        data.load_splits(config(tmp_path / "data", []), seed=0)
+        data_splits.load_splits(config(tmp_path / "data", []), seed=0)
     assert not (tmp_path / "data").exists()
 
 
@@ -258,4 +259,4 @@ def test_download_mnist_directly(server, fake, tmp_path):
     good = serve(server, "good", fake.gz)
     download.download_mnist(tmp_path, [good], TIMEOUT, ["test_labels"])
     assert [p.name for p in tmp_path.iterdir()] == [GZ_NAMES[3]]
-    np.testing.assert_array_equal(data.read_labels(tmp_path / GZ_NAMES[3]), fake.arrays["test_labels"])
+    np.testing.assert_array_equal(readers.read_labels(tmp_path / GZ_NAMES[3]), fake.arrays["test_labels"])

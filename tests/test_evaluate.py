@@ -7,8 +7,8 @@ import json
 import pytest
 from conftest import CONFIGS, run_in_process, run_module
 
-from mnist_ddp.checkpoint import read_weights
-from mnist_ddp.errors import InputError
+from mnist_ddp.base.errors import InputError
+from mnist_ddp.state.weights import read_weights
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mnist_ddp.data import normalize_pixels
-from mnist_ddp.evaluation import EvalCounts, confusion_text, count_tensor, counts_from_tensor, evaluate
-from mnist_ddp.model import MLP
+from mnist_ddp.data.splits import normalize_pixels
+from mnist_ddp.model.evaluation import EvalCounts, confusion_text, count_tensor, counts_from_tensor, evaluate
+from mnist_ddp.model.mlp import MLP
 
 
 @pytest.fixture

@@ -29,12 +29,13 @@ from conftest import CONFIGS, REPO, free_port, run_in_process
 from mnist_files import IMAGES_MAGIC, TEST_IMAGES, write_fake_mnist
 from PIL import Image
 
-from mnist_ddp import bench, checkpoint
-from mnist_ddp.config import load_config, to_dict
-from mnist_ddp.errors import EXIT_DIVERGED, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OUTPUT
-from mnist_ddp.fault_injection import FAULT_ENV, PRINT_HASH_ENV
-from mnist_ddp.model import MLP
+from mnist_ddp import bench
+from mnist_ddp.base.errors import EXIT_DIVERGED, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OUTPUT
+from mnist_ddp.base.fault_injection import FAULT_ENV, PRINT_HASH_ENV
+from mnist_ddp.config.loading import load_config, to_dict
+from mnist_ddp.model.mlp import MLP
 from mnist_ddp.predict import to_mnist
+from mnist_ddp.state import checkpoint
 
 SMOKE = ["--config", str(CONFIGS / "smoke.yaml")]
 
@@ -403,7 +404,7 @@ def test_metrics_are_strict_json_lines(tmp_path):
 
 
 def test_json_outputs_turn_non_finite_numbers_into_null(tmp_path):
-    from mnist_ddp.atomic import atomic_write_json
+    from mnist_ddp.base.atomic import atomic_write_json
 
     atomic_write_json(tmp_path / "x.json", {"loss": float("nan"), "rows": [1.0, float("inf")]})
     assert json.loads((tmp_path / "x.json").read_text()) == {"loss": None, "rows": [1.0, None]}
@@ -524,7 +525,7 @@ def test_samples_per_second_counts_the_images_trained(tmp_path, batch):
 
 
 def test_elapsed_counts_from_python_not_from_a_shell_that_exec_d_it(tmp_path):
-    code = "from mnist_ddp import metrics; print(metrics.seconds_since_start())"
+    code = "from mnist_ddp.observe import metrics; print(metrics.seconds_since_start())"
     script = f"sleep 3; exec {sys.executable} -c '{code}'"
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True, cwd=REPO).stdout
     assert float(out) < 3  # from the shell it would be the 3 s of sleep plus Python's start (2 s under load)

@@ -12,9 +12,9 @@ import pytest
 import torch
 from conftest import REPO, SMOKE_LONG, run_in_process
 
-from mnist_ddp import checkpoint
-from mnist_ddp.errors import EXIT_DIVERGED, EXIT_PREEMPTED
-from mnist_ddp.fault_injection import FAULT_ENV, PRINT_HASH_ENV
+from mnist_ddp.base.errors import EXIT_DIVERGED, EXIT_PREEMPTED
+from mnist_ddp.base.fault_injection import FAULT_ENV, PRINT_HASH_ENV
+from mnist_ddp.state import checkpoint
 
 ARGS = SMOKE_LONG
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]

@@ -117,7 +117,12 @@ def test_bundle_holds_everything_and_md5sums_verify(bundle, fake_data):
         assert gzip.decompress((out / "mnist" / f"{name}.gz").read_bytes()) == (fake_data / name).read_bytes()
     with tarfile.open(out / "repo.tar.gz") as tar:
         names = set(tar.getnames())
-    assert {"benchmarks/gpu_check.sh", "benchmarks/gpu_bundle.sh", "mnist_ddp/config.py", "configs/smoke.yaml"} <= names
+    assert {
+        "benchmarks/gpu_check.sh",
+        "benchmarks/gpu_bundle.sh",
+        "mnist_ddp/config/__main__.py",
+        "configs/smoke.yaml",
+    } <= names
     assert not any(n.startswith((".venv/", "gpu_bundle/", ".git/")) for n in names)
     r = subprocess.run(["md5sum", "-c", "--quiet", "MD5SUMS"], cwd=out, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -155,7 +160,7 @@ def test_installs_offline_and_a_fresh_interpreter_runs_the_config(bundle, bare_p
     assert "not running bash benchmarks/gpu_check.sh --quick" in r.stdout
     # `python -m mnist_ddp.config` needs torch (mnist_ddp/__init__.py refuses -m without it), so
     # the bare interpreter calls its main() the way -m would.
-    code = "import sys; from mnist_ddp.config import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from mnist_ddp.config.__main__ import main; sys.exit(main(sys.argv[1:]))"
     r = run(
         [bare_python, "-c", code, "--config", "configs/smoke.yaml", "train.epochs=3"],
         cwd=out / "repo",

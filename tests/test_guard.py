@@ -9,8 +9,8 @@ import stat
 import pytest
 import torch
 
-from mnist_ddp import guard
-from mnist_ddp.model import MLP
+from mnist_ddp.model.mlp import MLP
+from mnist_ddp.training import guard
 
 
 @pytest.fixture(autouse=True)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from conftest import CONFIGS, SMOKE_LONG
 
-from mnist_ddp import liveness
-from mnist_ddp.errors import EXIT_UNRESPONSIVE
-from mnist_ddp.fault_injection import FAULT_ENV, PRINT_HASH_ENV, SLOW_ENV
-from mnist_ddp.liveness import RUNNING, STUCK, Record, Seen, judge
+from mnist_ddp.base.errors import EXIT_UNRESPONSIVE
+from mnist_ddp.base.fault_injection import FAULT_ENV, PRINT_HASH_ENV, SLOW_ENV
+from mnist_ddp.parallel import blame, liveness
+from mnist_ddp.parallel.blame import RUNNING, STUCK, Record, Seen, judge
 
 POLL = 0.5
 
@@ -51,7 +51,7 @@ def test_the_rank_that_is_behind_is_stuck_not_the_ones_waiting_for_it():
     # Once it says so, rank 0 names it.
     assert judge(12, 5.0, 3.0, {1: peer(10, 0.1, 5, state=STUCK)}, 100, POLL).culprits == [(1, "stuck")]
     # A rank behind that never says so (its watchdog cannot run) is named after its limit and a grace.
-    late = 3.0 + liveness.STUCK_GRACE_POLLS * POLL + 0.1
+    late = 3.0 + blame.STUCK_GRACE_POLLS * POLL + 0.1
     assert judge(12, 9.0, 3.0, {1: peer(10, 0.1, late)}, 100, POLL).culprits == [(1, "no progress")]
     # One behind whose progress moves (it computes: an evaluation, a first compile) is slow, not stuck.
     assert judge(12, 9.0, 3.0, {1: peer(10, 0.1, progress_age=0.3)}, 100, POLL) is None
@@ -62,26 +62,26 @@ def test_ranks_level_with_each_other_are_slow_together_not_stuck():
     # the whole job): nobody waits for anybody, however long it takes.
     assert judge(10, 500.0, 3.0, {1: peer(10, beat_age=0.1, progress_age=500)}, 100, POLL) is None
     # A peer that finished is not waiting for this rank either.
-    assert judge(10, 500.0, 3.0, {1: peer(14, beat_age=60, state=liveness.DONE)}, 100, POLL) is None
+    assert judge(10, 500.0, 3.0, {1: peer(14, beat_age=60, state=blame.DONE)}, 100, POLL) is None
 
 
 def test_nothing_is_judged_before_this_rank_has_stalled_for_its_limit():
     assert judge(10, 2.0, 3.0, {1: peer(12, beat_age=0.1)}, 100, POLL) is None
     # A peer that finished (done) is never a culprit, however long it stays quiet.
-    assert judge(10, 2.0, 3.0, {1: peer(10, beat_age=60, state=liveness.DONE)}, 100, POLL) is None
+    assert judge(10, 2.0, 3.0, {1: peer(10, beat_age=60, state=blame.DONE)}, 100, POLL) is None
     # One that exited (ranks leave one by one after a stop) only once this rank has waited its limit.
-    assert judge(10, 2.0, 3.0, {1: peer(10, beat_age=60, state=liveness.EXITED)}, 100, POLL) is None
-    assert judge(10, 3.5, 3.0, {1: peer(10, 60, state=liveness.EXITED)}, 100, POLL).culprits == [(1, "exited")]
+    assert judge(10, 2.0, 3.0, {1: peer(10, beat_age=60, state=blame.EXITED)}, 100, POLL) is None
+    assert judge(10, 3.5, 3.0, {1: peer(10, 60, state=blame.EXITED)}, 100, POLL).culprits == [(1, "exited")]
 
 
 def test_a_culprit_line_says_who_where_what_and_how_long_ago():
-    text = liveness.culprit_text(1, "silent", peer(11, beat_age=4.2), 100)
+    text = blame.culprit_text(1, "silent", peer(11, beat_age=4.2), 100)
     assert text == (
         "rank 1 (node2, pid 42) is silent: no heartbeat for 4 s (stopped, frozen, or its node is gone);"
         " it last reported global step 51 (epoch 3), 5 s ago"
     )
-    assert liveness.describe("step", 3, 51, "gradients") == "global step 51 (epoch 3), waiting for gradients"
-    assert liveness.describe("evaluation", 2, 46, "") == "evaluation (epoch 2)"
+    assert blame.describe("step", 3, 51, "gradients") == "global step 51 (epoch 3), waiting for gradients"
+    assert blame.describe("evaluation", 2, 46, "") == "evaluation (epoch 2)"
 
 
 def test_stacks_go_to_run_dir_without_following_a_planted_link(tmp_path):

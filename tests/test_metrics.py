@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from mnist_ddp import metrics
-from mnist_ddp.evaluation import EvalCounts
+from mnist_ddp.model.evaluation import EvalCounts
+from mnist_ddp.observe import metrics
 
 
 def test_process_start_is_before_import_and_recent():
@@ -19,7 +19,7 @@ def test_process_start_is_before_import_and_recent():
 
 def test_elapsed_counts_from_process_start_not_import():
     # A child that sleeps before importing must report at least that sleep as elapsed.
-    code = "import time; time.sleep(0.6); from mnist_ddp import metrics; print(metrics.seconds_since_start())"
+    code = "import time; time.sleep(0.6); from mnist_ddp.observe import metrics; print(metrics.seconds_since_start())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert 0.6 <= float(out) < 30
 

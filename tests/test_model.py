@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from mnist_ddp.data import PIXEL_MEAN, PIXEL_STD, normalize_pixels
-from mnist_ddp.model import MLP, BitsDropout, parameter_count
-from mnist_ddp.sample_noise import DROPOUT_STREAM, sample_keys
+from mnist_ddp.data.readers import PIXEL_MEAN, PIXEL_STD
+from mnist_ddp.data.splits import normalize_pixels
+from mnist_ddp.model.mlp import MLP, BitsDropout, parameter_count
+from mnist_ddp.model.sample_noise import DROPOUT_STREAM, sample_keys
 
 
 def test_blog_architecture_and_parameter_count():

@@ -22,9 +22,10 @@ import pytest
 from conftest import CONFIGS, REPO, SMOKE_LONG, require
 from slurm_jobs import final_hashes, job_fields, wait_for_end, wait_for_text, why_no_slurm
 
-from mnist_ddp.config import load_config
-from mnist_ddp.data import epoch_permutation, load_splits
-from mnist_ddp.fault_injection import PRINT_HASH_ENV, SAMPLE_LOG_ENV
+from mnist_ddp.base.fault_injection import PRINT_HASH_ENV, SAMPLE_LOG_ENV
+from mnist_ddp.config.loading import load_config
+from mnist_ddp.data.order import epoch_permutation
+from mnist_ddp.data.splits import load_splits
 
 HOSTS = REPO / "tests" / "slurm" / "two_hosts.sh"
 ARGS = SMOKE_LONG  # long enough to lose a node or preempt it between its first snapshot and its end

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mnist_ddp.config import TrainConfig
-from mnist_ddp.optimizer import (
+from mnist_ddp.config.schema import TrainConfig
+from mnist_ddp.model.optimizer import (
     build_optimizer,
     build_schedule,
     current_lr,

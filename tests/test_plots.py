@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from mnist_ddp import plots
-from mnist_ddp.evaluation import EvalCounts
-from mnist_ddp.model import MLP
+from mnist_ddp.model.evaluation import EvalCounts
+from mnist_ddp.model.mlp import MLP
+from mnist_ddp.observe import plots
 
 
 def test_run_plots_are_valid_pngs(tmp_path):

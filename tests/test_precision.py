@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mnist_ddp import precision
-from mnist_ddp.precision import choose_bf16, cpu_flags, native_bf16
+from mnist_ddp.model import precision
+from mnist_ddp.model.precision import choose_bf16, cpu_flags, native_bf16
 
 CPU = torch.device("cpu")
 EPYC_AVX512 = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n"

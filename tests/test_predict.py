@@ -8,7 +8,8 @@ import torch
 from conftest import run_in_process
 from PIL import Image
 
-from mnist_ddp.data import DataConfig, load_splits
+from mnist_ddp.config.schema import DataConfig
+from mnist_ddp.data.splits import load_splits
 from mnist_ddp.predict import to_mnist
 
 

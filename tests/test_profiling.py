@@ -6,8 +6,8 @@ import json
 
 import torch
 
-from mnist_ddp.config import ProfileConfig
-from mnist_ddp.profiling import start_profiler
+from mnist_ddp.config.schema import ProfileConfig
+from mnist_ddp.observe.profiling import start_profiler
 
 
 def test_off_means_no_profiler_at_all(tmp_path):

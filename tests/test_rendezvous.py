@@ -12,8 +12,8 @@ import pytest
 import torch.distributed as dist
 from conftest import free_port
 
-from mnist_ddp import rendezvous
-from mnist_ddp.errors import InputError
+from mnist_ddp.base.errors import InputError
+from mnist_ddp.parallel import rendezvous
 
 
 def test_an_endpoint_on_this_machine_needs_no_wait():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from mnist_ddp import rng
+from mnist_ddp.state import rng
 
 
 def test_host_rng_round_trips_without_pickles(tmp_path):

@@ -8,8 +8,8 @@ import os
 import pytest
 from conftest import CONFIGS, run_in_process
 
-from mnist_ddp.errors import EXIT_INPUT, InputError
-from mnist_ddp.rundir import check_run_dir_is_yours
+from mnist_ddp.base.errors import EXIT_INPUT, InputError
+from mnist_ddp.state.rundir import check_run_dir_is_yours
 
 SMOKE = ["--config", str(CONFIGS / "smoke.yaml"), "train.epochs=1", "log.plots=false"]
 

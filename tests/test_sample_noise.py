@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from mnist_ddp.model import BitsDropout
-from mnist_ddp.sample_noise import DROPOUT_STREAM, SHIFT_STREAM, mix32, sample_keys, shift_offsets
+from mnist_ddp.model.mlp import BitsDropout
+from mnist_ddp.model.sample_noise import DROPOUT_STREAM, SHIFT_STREAM, mix32, sample_keys, shift_offsets
 
 STEP = torch.tensor(41)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mnist_ddp.config import TrainConfig
-from mnist_ddp.errors import InputError
-from mnist_ddp.step import check_step_options, smoothed_targets
+from mnist_ddp.base.errors import InputError
+from mnist_ddp.config.schema import TrainConfig
+from mnist_ddp.training.step import check_step_options, smoothed_targets
 
 CUDA = torch.device("cuda", 0)  # only compared, never used: no GPU is needed here
 

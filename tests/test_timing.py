@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from mnist_ddp import timing
+from mnist_ddp.observe import timing
 
 
 def test_the_slow_rank_is_the_one_that_computes_longest_not_the_one_that_waits_longest():

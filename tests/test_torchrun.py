@@ -16,8 +16,8 @@ from types import SimpleNamespace
 
 from conftest import CONFIGS, REPO, free_port
 
-from mnist_ddp import torchrun
-from mnist_ddp.errors import EXIT_INPUT, EXIT_INTERRUPTED
+from mnist_ddp.base.errors import EXIT_INPUT, EXIT_INTERRUPTED
+from mnist_ddp.parallel import torchrun
 
 SMOKE = ["--config", str(CONFIGS / "smoke.yaml"), "log.plots=false"]
 

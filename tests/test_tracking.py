@@ -10,9 +10,9 @@ import pytest
 from conftest import CONFIGS, run_in_process
 from wandb_records import history
 
-from mnist_ddp import tracking
-from mnist_ddp.config import load_config
-from mnist_ddp.errors import InputError
+from mnist_ddp.base.errors import InputError
+from mnist_ddp.config.loading import load_config
+from mnist_ddp.observe import tracking
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 

@@ -8,10 +8,11 @@ import pytest
 import torch
 from conftest import CONFIGS, run_in_process, run_module
 
-from mnist_ddp.data import DataConfig, load_splits
-from mnist_ddp.evaluation import evaluate
-from mnist_ddp.model import MLP
-from mnist_ddp.precision import native_bf16
+from mnist_ddp.config.schema import DataConfig
+from mnist_ddp.data.splits import load_splits
+from mnist_ddp.model.evaluation import evaluate
+from mnist_ddp.model.mlp import MLP
+from mnist_ddp.model.precision import native_bf16
 
 OUTPUTS = ["checkpoints", "config.yaml", "metrics.jsonl", "model.pt", "plots", "summary.json"]
 SUMMARY_KEYS = {

@@ -1,0 +1,1 @@
+"""The bottom layer: errors and exit codes, console output, atomic writes, test-only fault injection."""

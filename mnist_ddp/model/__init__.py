@@ -1,0 +1,1 @@
+"""The model and what it is trained and scored with: MLP, noise, optimizer, precision, evaluation."""

@@ -1,0 +1,1 @@
+"""What a run shows: metrics, figures, wandb, per-rank timing, profiles."""

@@ -1,0 +1,1 @@
+"""Running as many processes: launch environment, process group, rendezvous, liveness, agreement."""

@@ -1,0 +1,1 @@
+"""What a run keeps: snapshots and model files, the run folder, random streams."""

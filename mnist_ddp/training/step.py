@@ -1,0 +1,177 @@
+"""One training step: a batch of this rank's indices in; gradients, an optimizer step and a
+schedule step; the batch's mean loss recorded in the epoch's loss buffer and the NaN guard.
+
+Eagerly, the gradients may come from train.accumulate_steps micro-batches, DDP syncing during
+the last one only. With train.cuda_graphs=true every full batch replays one CUDA graph holding
+the whole step (:class:`mnist_ddp.training.cuda_graphs.GraphedStep`); a short last batch runs eagerly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mnist_ddp.base import fault_injection
+from mnist_ddp.base.errors import InputError
+from mnist_ddp.config.schema import TrainConfig
+from mnist_ddp.data.order import shift_images
+from mnist_ddp.data.splits import Splits, normalize_pixels
+from mnist_ddp.model.mlp import BitsDropout
+from mnist_ddp.model.optimizer import HOST_SCHEDULES, step_schedule
+from mnist_ddp.model.sample_noise import DROPOUT_STREAM, SHIFT_STREAM, sample_keys, shift_offsets
+from mnist_ddp.training.cuda_graphs import GraphedStep, uncaptured_steps_expected
+from mnist_ddp.training.guard import StopGuard
+
+
+def check_step_options(tc: TrainConfig, device: torch.device, world_size: int) -> None:
+    """CUDA graphs need a setting they can work with (config.check_world_size checks the rest)."""
+    if tc.cuda_graphs and (device.type != "cuda" or world_size > 1 or tc.accumulate_steps > 1):
+        raise InputError(
+            "train.cuda_graphs=true needs one CUDA rank and train.accumulate_steps=1"
+            f" (here: {world_size} rank(s) on {device.type}, accumulate_steps={tc.accumulate_steps});"
+            " set train.cuda_graphs=false"
+        )
+    if tc.cuda_graphs and tc.schedule not in HOST_SCHEDULES:
+        # onecycle also cycles momentum, cosine reads the rate back from the device: neither can
+        # feed a captured step without a host sync.
+        raise InputError(
+            f"train.cuda_graphs=true works with train.schedule={' or '.join(HOST_SCHEDULES)}, not"
+            f" {tc.schedule}; choose one of them or set train.cuda_graphs=false"
+        )
+
+
+def smoothed_targets(smoothing: float, classes: int, device: torch.device) -> torch.Tensor | None:
+    """Row ``c``: the target distribution of label ``c`` under label smoothing (None without).
+
+    Cross-entropy against a gathered row is label-smoothed cross-entropy, in 11 kernels forward
+    and backward where ``F.cross_entropy(..., label_smoothing=)`` runs 22: on a GPU a step is
+    its kernel launches.
+    """
+    if smoothing == 0:
+        return None
+    return torch.full((classes, classes), smoothing / classes, device=device) + torch.eye(classes, device=device) * (
+        1 - smoothing
+    )
+
+
+class TrainStep:
+    """The step as the training loop calls it, eager or replayed from a CUDA graph."""
+
+    def __init__(
+        self,
+        tc: TrainConfig,
+        data: Splits,
+        model: nn.Module,
+        ddp_model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        schedule: Any,
+        guard: StopGuard,
+        batch_size: int,
+        fault: fault_injection.Fault | None,
+        backward_returned: Callable[[], None] = lambda: None,
+        bf16: bool = False,
+        seed: int = 0,
+    ) -> None:
+        """``bf16``: forward in bf16 autocast (train.bf16 as :func:`mnist_ddp.model.precision.choose_bf16` decided)."""
+        self.tc, self.data, self.model, self.ddp_model = tc, data, model, ddp_model
+        self.optimizer, self.schedule, self.guard = optimizer, schedule, guard
+        self.batch_size, self.fault, self.seed = batch_size, fault, seed
+        self.backward_returned = backward_returned  # the end of the wait for the other ranks' gradients
+        self.forward = torch.compile(ddp_model) if tc.compile else ddp_model
+        device_type = data.train_images.device.type
+        self.autocast = torch.autocast(device_type, dtype=torch.bfloat16) if bf16 else nullcontext()
+        # On a GPU the training images are normalized once (188 MB of float32 for MNIST): a step
+        # then gathers its inputs in one kernel instead of gathering and normalizing in five.
+        # The values are the same bits: normalizing is elementwise.
+        self.train_inputs = normalize_pixels(data.train_images) if device_type == "cuda" else None
+        self.soft_targets = smoothed_targets(
+            tc.label_smoothing, model.layers[-1].out_features, data.train_labels.device
+        )
+        self.dropout = any(isinstance(m, BitsDropout) and m.p > 0 for m in model.modules())
+        self.graph: GraphedStep | None = None
+
+    def capture(self, step_losses: torch.Tensor, shard_len: int) -> None:
+        """Capture the whole step as one CUDA graph (train.cuda_graphs=true); nothing trains meanwhile.
+
+        A shard shorter than one batch has no full batch to replay: every step then runs eagerly.
+        """
+        if shard_len < self.batch_size:
+            return
+        self.graph = GraphedStep(self.step_body, self.batch_size, shard_len, step_losses)
+        self.graph.capture(self.model, self.optimizer, [self.guard.first_bad, self.guard.step])
+
+    def start_epoch(self, shard: torch.Tensor, first_step: int) -> None:
+        """Give the graph this epoch's order and the step it starts from."""
+        if self.graph is not None:
+            self.graph.start_epoch(shard, first_step)
+
+    def __call__(self, batch: torch.Tensor, global_step: int, step_losses: torch.Tensor, position: int) -> None:
+        """One step on ``batch``; its loss goes to ``step_losses[position]`` and the guard (the graph
+        knows both from its own counters, set by :meth:`start_epoch`)."""
+        if self.graph is not None and len(batch) == self.batch_size:
+            fault_injection.inject(self.fault, global_step, None)  # a crash or kill -9; no NaN in a graph
+            self.graph.replay()
+        else:
+            # With CUDA graphs the .grad tensors belong to the graph: zero them, keep them.
+            self.optimizer.zero_grad(set_to_none=self.graph is None)
+            loss = self.loss_and_grads(batch, global_step)
+            with uncaptured_steps_expected() if self.graph is not None else nullcontext():
+                self.optimizer.step()
+            step_losses[position] = loss
+            self.guard.record(loss)
+        step_schedule(self.schedule)
+
+    def step_body(self, indices: torch.Tensor) -> torch.Tensor:
+        """What the graph holds: forward, backward (into gradients that were None at capture,
+        so written, not added), optimizer step; the mean loss."""
+        loss = self.batch_loss(indices)
+        loss.backward()
+        self.optimizer.step()
+        loss = loss.detach()
+        self.guard.record(loss)
+        return loss
+
+    def batch_loss(self, batch: torch.Tensor) -> torch.Tensor:
+        """Mean loss over the images at indices ``batch`` (shifted when train.augment_shift > 0).
+
+        Each image's shift and dropout mask are keyed to (seed, global step, its index): the
+        guard's step counter is the global step, on the device, so a CUDA graph reads it too.
+        """
+        if self.train_inputs is not None:
+            images = self.train_inputs[batch]
+        else:
+            images = normalize_pixels(self.data.train_images[batch])
+        step = self.guard.step
+        if self.tc.augment_shift:
+            offsets = shift_offsets(sample_keys(self.seed, step, batch, SHIFT_STREAM), self.tc.augment_shift)
+            images = shift_images(images, self.tc.augment_shift, offsets)
+        keys = sample_keys(self.seed, step, batch, DROPOUT_STREAM) if self.dropout else None
+        with self.autocast:
+            logits = self.forward(images, keys).float()
+        labels = self.data.train_labels[batch]
+        if self.soft_targets is None:
+            return F.cross_entropy(logits, labels)
+        return F.cross_entropy(logits, self.soft_targets[labels])
+
+    def loss_and_grads(self, batch: torch.Tensor, global_step: int) -> torch.Tensor:
+        """Gradients of the batch's mean loss into .grad, from accumulate_steps micro-batches.
+
+        DDP all-reduces the gradients during the last micro-batch's backward only (no_sync).
+        """
+        accumulate = self.tc.accumulate_steps
+        parts = batch.split(len(batch) // accumulate if len(batch) >= accumulate else 1)
+        total = torch.zeros((), device=batch.device)
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            with nullcontext() if last or self.ddp_model is self.model else self.ddp_model.no_sync():
+                loss = self.batch_loss(part) * (len(part) / len(batch))
+                loss = fault_injection.inject(self.fault, global_step, loss)
+                loss.backward()  # DDP averages the gradients across ranks here (last micro-batch)
+            self.backward_returned()
+            total += loss.detach()
+        return total
