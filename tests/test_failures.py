@@ -32,6 +32,7 @@ from PIL import Image
 from mnist_ddp import bench
 from mnist_ddp.base.errors import EXIT_DIVERGED, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OUTPUT
 from mnist_ddp.base.fault_injection import FAULT_ENV, PRINT_HASH_ENV
+from mnist_ddp.bench import rows as bench_rows
 from mnist_ddp.config.loading import load_config, to_dict
 from mnist_ddp.model.mlp import MLP
 from mnist_ddp.predict import to_mnist
@@ -713,7 +714,7 @@ def test_bench_keeps_the_rows_that_finished(tmp_path, monkeypatch):
         limit.update(fp32_1x=100.0, bf16_1x=10.0, fp32_2x1=150.0, peak_rss_mb=1.0)
         rows.append({"name": "seed-loop (blog)", "ranks": 1, "samples_per_second": 10.0, "seconds_per_epoch": 1.0})
         rows[-1]["peak_rss_mb"] = [1.0]
-        bench.train_row("mnist_ddp default", 1, ["train.device=cuda", "data.dataset=digits"], tmp_path)
+        bench_rows.train_row("mnist_ddp default", 1, ["train.device=cuda", "data.dataset=digits"], tmp_path)
 
     monkeypatch.setattr(bench, "measure", measure)
     out = tmp_path / "bench.json"

@@ -1,20 +1,10 @@
-"""Where each rank's time goes, per epoch: its own compute, waiting for the others' gradients,
-the ranks' agreements, evaluation and snapshots; and which rank holds the others back.
+"""Where each rank's time goes, per epoch (compute, the wait for the others' gradients,
+agreements, evaluation, snapshots), and which rank holds the others back.
 
-Waiting equalises ranks: at every all-reduce the fast ranks wait for the slowest, so every
-rank's step takes as long as the slowest one's, and the slow rank is the one that waits
-*least*. So the wait for gradients is measured on its own: from the moment this rank's backward
-pass has produced its last gradient (a post-accumulate-grad hook on the first layer's
-parameters, which backward reaches last; DDP then starts the all-reduce of the last bucket)
-until ``backward()`` returns, which DDP makes wait for the all-reduce. A rank's compute is its
-step loop minus that wait and minus the agreements and snapshots inside the loop.
-:func:`find_straggler` then compares each rank's compute with the others'. Nothing here runs in
-the backend's threads or changes how DDP communicates.
-
-No host sync is added: on the CPU the clock is ``time.perf_counter``; on a GPU the step loop
-and the gradient wait are CUDA events, read at the epoch's end, when the host waits for the
-device anyway. Phases (:meth:`RankClock.phase`) are also marked for the liveness watchdog and,
-while profiling, named as ranges in the trace.
+Waiting equalises ranks, so the wait for gradients is timed on its own (from the last gradient's
+post-accumulate-grad hook until ``backward()`` returns) and the straggler is found by compute.
+No host sync is added: host clocks on the CPU, CUDA events read at the epoch's end on a GPU.
+docs/troubleshooting.md ("Where the time goes") says more.
 """
 
 from __future__ import annotations

@@ -1,21 +1,10 @@
 """The whole training step as one CUDA graph (``train.cuda_graphs=true``, one CUDA rank).
 
-A step of this small MLP is some sixty kernels of a few microseconds each, so on a GPU the
-time goes to launching them from Python. One graph holds all of them: the batch's indices
-gathered from the epoch's order on the device, forward, backward, the optimizer step (its
-learning rate a device tensor that the schedule fills from the host), the loss written into
-the epoch's loss buffer, and the NaN guard's tracking. One replay is one step; the host only
-advances the schedule.
-
-Capture follows PyTorch's whole-network example: warm-up iterations on a side stream, the
-gradients set to None, then capture on that stream, so backward writes each gradient straight
-into graph memory (no zeroing, no accumulation). The warm-up trains on a real batch, so
-everything it changes is put back first: weights, optimizer state, the loss buffer, the step
-position, the guard, and the CUDA generator. A resumed run therefore draws the same dropout
-masks as an uninterrupted one, replay for replay.
-
-The device-side bookkeeping (:meth:`GraphedStep.captured_step`, :meth:`GraphedStep.warm_up`)
-is plain tensor code that also runs on the CPU, which is how the tests check it.
+One replay is one step: the batch's gather, forward, backward, the optimizer step (its rate a
+device tensor the schedule fills), the loss into the epoch's buffer and the NaN guard's
+tracking; the host only advances the schedule. Capture follows PyTorch's whole-network example,
+and the warm-up puts back everything it changed. docs/gpu.md ("How the step is captured") says
+how; the device-side bookkeeping is plain tensor code that the tests run on the CPU.
 """
 
 from __future__ import annotations
