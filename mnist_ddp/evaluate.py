@@ -1,15 +1,11 @@
 """Score a saved model on the test split.
 
     python -m mnist_ddp.evaluate checkpoint=PATH [out=DIR] [key=value ...]
-    torchrun --nproc_per_node=4 -m mnist_ddp.evaluate checkpoint=PATH
 
-PATH is a run's model.pt or any snapshot. The model, and which split it is scored on, come from
-the config saved with it; where the data is (data.root, else $MNIST_DDP_DATA, else ./data),
-the device and everything else come from the command line and the defaults, never from the
-file: ``key=value`` overrides set them (e.g. data.root=...). Counting is exact across
-ranks, as in training. Rank 0 prints accuracy, per-class accuracy and the confusion matrix,
-and writes evaluation.json and PNGs to DIR (default: a folder named evaluation beside PATH, so
-the training run's own plots stay as they were).
+PATH is a run's model.pt or any snapshot; it decides the model and the split, and nothing else
+(data.root, the device, ...: the command line and the defaults). Counting is exact across ranks
+under torchrun too. Rank 0 prints accuracy, per-class accuracy and the confusion matrix, and
+writes evaluation.json and PNGs to DIR (default: a folder named evaluation beside PATH).
 """
 
 from __future__ import annotations

@@ -1,22 +1,9 @@
 """Test-only fault injection, driven by environment variables so no user-facing key exists.
 
-MNIST_DDP_TEST_FAULT="KIND:RANK:STEP[:ARG]" makes that rank, at that global step:
-  raise  raise an exception (a crashing worker);
-  kill   SIGKILL itself (a killed worker that torchrun restarts);
-  nan    poison the loss with NaN (a diverging run);
-  hang   sleep in Python for ARG seconds (default: for good), a rank stuck while the others wait;
-  slow   sleep ARG seconds in every step from this one on (a straggler);
-  signal send itself the signal named ARG (SIGHUP, SIGTERM, ...), as a closed terminal or a
-         scheduler would, at a step the test knows.
-kill and hang strike on torchrun's first attempt only, so that the restarted workers get through.
-MNIST_DDP_TEST_SLOW="PHASE:RANK:STEP:SECONDS[,...]" makes the first PHASE (step, evaluation,
-snapshot) at or after global step STEP take SECONDS longer on RANK (a number, or * for every
-rank): a step or an evaluation computes (spins on the CPU, as a first compile or a large test
-set does), a snapshot waits without using the CPU (a slow file system).
-MNIST_DDP_TEST_PRINT_HASH=1 makes every rank print its final parameter hash.
-MNIST_DDP_TEST_SAMPLE_LOG=DIR makes every rank append, for each step it trains, a line
-"wall_time global_step world_size rank index,index,..." (the training images it took) to a file
-of its own in DIR, so that a test can count every image of every step across membership changes.
+MNIST_DDP_TEST_FAULT (a crash, kill -9, NaN, a hang, a slow rank, a signal at a known step),
+MNIST_DDP_TEST_SLOW (a slow step, evaluation or snapshot), MNIST_DDP_TEST_PRINT_HASH (the final
+weights' hash) and MNIST_DDP_TEST_SAMPLE_LOG (every image each rank trains): docs/testing.md
+("Test-only switches") gives their syntax.
 """
 
 from __future__ import annotations

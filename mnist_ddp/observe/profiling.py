@@ -1,15 +1,10 @@
-"""A profile on request (``profile.steps=N``): torch.profiler records N training steps on every
-rank, after ``profile.skip_steps`` steps of warm-up, and each rank writes its own Chrome trace,
-``run.dir/profile/rank<R>.pt.trace.json``, which Perfetto (ui.perfetto.dev), chrome://tracing
-and TensorBoard's profiler plugin open. The run's phases are named ranges in it (``mnist_ddp/step``,
-``mnist_ddp/agreement``, ``mnist_ddp/evaluation``, ``mnist_ddp/snapshot``); the gradient
-all-reduce is the backend's own ``gloo:all_reduce`` or ``nccl:all_reduce``. With
-``profile.steps=0`` (the default) nothing here runs: no profiler, no ranges.
+"""A profile on request (``profile.steps=N``): torch.profiler records N steps on every rank after
+``profile.skip_steps`` of warm-up, and each rank writes ``run.dir/profile/rank<R>.pt.trace.json``,
+with the run's phases as named ranges; with ``profile.steps=0`` nothing here runs.
 
 Two smaller tools for the GPU path: :func:`kernel_ops` counts the operations a function runs
-that launch a kernel (views are free), on any device; ``MNIST_DDP_SYNC_DEBUG=warn|error``
-makes torch report every host-device synchronisation inside an epoch's steps
-(:func:`syncs_reported`), where with CUDA graphs there should be none.
+that launch a kernel, and ``MNIST_DDP_SYNC_DEBUG=warn|error`` makes torch report every
+host-device synchronisation inside an epoch's steps (:func:`syncs_reported`).
 """
 
 from __future__ import annotations

@@ -1,18 +1,10 @@
 """Meeting the other nodes: the checks that turn a silent multi-node hang into one line.
 
-- :func:`check_endpoint` runs in ``launch/node.sh`` before torchrun
-  (``python -m mnist_ddp.parallel.rendezvous HOST:PORT [SECONDS] [JOB_ID]``). A node that does not host
-  the rendezvous waits for the endpoint to accept connections, saying so every few seconds, and
-  gives up with one line. Whatever listens there (on any node, the host's own included) must
-  then answer as a TCPStore within seconds, or it is a foreign service that torchrun would
-  hang on; and if the store already serves another job (its ranks wrote their id under
-  :data:`JOB_KEY`), this job refuses to join it: two jobs in one store would see each other's
-  keys, and the second would die when the first ends.
-- :func:`check_reachable_hostname` stops a rank of a multi-node gloo job whose host name
-  resolves to a loopback address: gloo would advertise that address, and the ranks on other
-  nodes would wait for it until the timeout.
-- :func:`join` is a barrier on the store before the process group: every rank learns how many
-  have joined, and rank 0 prints whom it is waiting for.
+:func:`check_endpoint` runs in ``launch/node.sh`` before torchrun (``python -m
+mnist_ddp.parallel.rendezvous HOST:PORT [SECONDS] [JOB_ID]``): wait for the endpoint, then make
+sure a TCPStore of no other job answers there (:data:`JOB_KEY`). :func:`check_reachable_hostname`
+stops a multi-node gloo rank whose host name resolves to loopback, and :func:`join` is a barrier
+on the store before the process group, rank 0 saying whom it waits for.
 """
 
 from __future__ import annotations

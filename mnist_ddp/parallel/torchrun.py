@@ -1,19 +1,9 @@
-"""torchrun as the launch scripts run it (``python -m mnist_ddp.parallel.torchrun`` takes torchrun's
-arguments), with three changes that torchrun has no option for:
-
-- While this node's agent waits in the rendezvous, a line every WAIT_LINE_SECONDS says for
-  what, where and until when (torchrun itself is silent for up to its 600 s join timeout). A
-  rendezvous that a running job already fills with all its nodes, under the same ``RDZV_ID``,
-  is refused in one line: that is a second job, which would otherwise wait until the first
-  ends and then fail with a traceback.
-- A worker that exits with a code no restart can fix (bad input or config, a diverged run, an
-  output that cannot be written) ends the job at once: a restart would fail the same way.
-- A signal (Ctrl-C, SIGHUP, SIGTERM) ends torchrun with 128 + its number after the workers'
-  own line, and a failed job with one line and the worker's exit code, instead of a traceback.
-
-The first two reach into torch's elastic agent (``_remaining_restarts``, ``_rendezvous``, the
-c10d rendezvous state); each is guarded, so a torch that changes them loses only the extra
-lines, never the launch.
+"""torchrun as the launch scripts run it (``python -m mnist_ddp.parallel.torchrun`` takes
+torchrun's arguments), with what torchrun has no option for: while the rendezvous waits, a line
+every WAIT_LINE_SECONDS (for what, where, until when), and a second job under a running full
+job's ``RDZV_ID`` refused; no restart after a failure no restart can fix (exit 2, 3, 74); and a
+signal or a failure ending with one line and its exit code instead of a traceback. The hooks
+reach into torch's elastic agent and are guarded: a torch that changes them loses only the lines.
 """
 
 from __future__ import annotations

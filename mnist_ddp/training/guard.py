@@ -1,17 +1,11 @@
-"""Stopping together: preemption signals, the user's session signals and the non-finite guard,
-agreed across ranks.
+"""Stopping together: preemption and session signals and the non-finite guard, agreed across ranks.
 
-A signal only sets a flag: SIGTERM or SIGUSR1 for a preemption (SLURM, a scheduler, torchrun's
-agent), and SIGINT (Ctrl-C), SIGHUP (a closed terminal or ssh session) or SIGQUIT (Ctrl-\\)
-from the user's session; torchrun forwards all of them to its workers. At fixed
-global steps every rank contributes its flag and whether it has seen a non-finite loss or
-weight to one all_reduce, so all ranks take the same decision at the same step and nobody
-waits in a collective alone. A second Ctrl-C stops at once (KeyboardInterrupt).
-
-Inside an epoch the result of a check is read at the next check (:func:`start_check`,
-:func:`finish_check`): reading it at once would make the host wait for the GPU every few
-steps. Before a snapshot is written the ranks agree without that lag (:func:`agree`).
-:class:`StopGuard` holds the state those functions thread through a run.
+A signal only sets a flag (SIGTERM, SIGUSR1: preemption; SIGINT, SIGHUP, SIGQUIT: the user's
+session; a second Ctrl-C stops at once). At fixed global steps every rank contributes its flag
+and whether it saw a non-finite loss or weight to one all_reduce, so all ranks decide alike at
+the same step. Inside an epoch a check's result is read at the next check, so the host never
+waits for the GPU; before a snapshot the ranks agree without that lag. :class:`StopGuard` holds
+the state.
 """
 
 from __future__ import annotations
