@@ -26,7 +26,7 @@ from mnist_ddp.model.optimizer import build_optimizer, build_schedule
 from mnist_ddp.model.precision import choose_bf16
 from mnist_ddp.observe.profiling import kernel_ops
 from mnist_ddp.training.guard import StopGuard
-from mnist_ddp.training.step import TrainStep
+from mnist_ddp.training.step import StepParts, TrainStep
 
 IMAGES = 4096
 
@@ -47,7 +47,7 @@ def main(argv: list[str]) -> None:
     optimizer = build_optimizer(model.parameters(), tc, device, capturable=cuda, device_rate=True)
     schedule = build_schedule(optimizer, tc, 1000)
     guard = StopGuard(model, device)
-    step = TrainStep(tc, data, model, model, optimizer, schedule, guard, tc.batch_size, None, bf16=bf16)
+    step = TrainStep(tc, StepParts(data, model, model, optimizer, schedule, guard, tc.batch_size, bf16=bf16))
     batch = torch.arange(tc.batch_size, device=device)
     losses = torch.zeros(IMAGES // tc.batch_size + 1, device=device)
 

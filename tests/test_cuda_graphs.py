@@ -18,7 +18,7 @@ from mnist_ddp.model.optimizer import build_optimizer, build_schedule, step_sche
 from mnist_ddp.observe.profiling import kernel_ops
 from mnist_ddp.training.cuda_graphs import WARMUP_ITERATIONS, GraphedStep, uncaptured_steps_expected
 from mnist_ddp.training.guard import StopGuard
-from mnist_ddp.training.step import TrainStep
+from mnist_ddp.training.step import StepParts, TrainStep
 
 CPU = torch.device("cpu")
 
@@ -38,7 +38,7 @@ def make_step(
     model = build_model(Config(train=tc, model=ModelConfig(hidden=[32, 32], dropout=dropout)), data.in_features)
     optimizer = build_optimizer(model.parameters(), tc, CPU, capturable=capturable, device_rate=device_rate)
     schedule = build_schedule(optimizer, tc, steps)
-    step = TrainStep(tc, data, model, model, optimizer, schedule, StopGuard(model, CPU), tc.batch_size, None)
+    step = TrainStep(tc, StepParts(data, model, model, optimizer, schedule, StopGuard(model, CPU), tc.batch_size))
     return step, model
 
 

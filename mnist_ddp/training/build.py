@@ -25,7 +25,7 @@ from mnist_ddp.parallel.distributed import all_gather_tensors
 from mnist_ddp.parallel.launcher import Launch, threads_per_rank
 from mnist_ddp.state.rng import seed_everything
 from mnist_ddp.training import guard
-from mnist_ddp.training.step import TrainStep, check_step_options
+from mnist_ddp.training.step import StepParts, TrainStep, check_step_options
 
 
 @dataclass
@@ -107,10 +107,10 @@ def build_parts(cfg: Config, launch: Launch, device: torch.device, backend: str)
     stop_guard = guard.StopGuard(model, device)
     fault = fault_injection.planned_fault(rank)
     sample_log = fault_injection.open_sample_log(rank)
-    step = TrainStep(
-        tc, data, model, ddp_model, optimizer, schedule, stop_guard, per_rank_batch, fault,
-        clock.gradients_reduced, bf16, cfg.seed,
-    )  # fmt: skip
+    step_parts = StepParts(
+        data, model, ddp_model, optimizer, schedule, stop_guard, per_rank_batch, bf16, clock.gradients_reduced
+    )
+    step = TrainStep(tc, step_parts, fault, cfg.seed)
     return Parts(
         backend, list(launch.hosts), threads, bf16, precision_reason, per_rank_batch, data, fingerprint, model,
         clock, shard_len, steps_per_epoch, optimizer, schedule, stop_guard, step, sample_log,

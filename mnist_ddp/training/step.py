@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -59,32 +60,36 @@ def smoothed_targets(smoothing: float, classes: int, device: torch.device) -> to
     )
 
 
+@dataclass
+class StepParts:
+    """What a step trains with: the data on the device, the model (and its DDP wrapper, or the
+    model itself), optimizer, schedule, stop guard, this rank's batch, the precision, and what to
+    call when backward returns (the end of the wait for the others' gradients)."""
+
+    data: Splits
+    model: nn.Module
+    ddp_model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Any
+    guard: StopGuard
+    batch_size: int
+    bf16: bool = False  # forward in bf16 autocast, as mnist_ddp.model.precision.choose_bf16 decided
+    backward_returned: Callable[[], None] = lambda: None
+
+
 class TrainStep:
     """The step as the training loop calls it, eager or replayed from a CUDA graph."""
 
-    def __init__(
-        self,
-        tc: TrainConfig,
-        data: Splits,
-        model: nn.Module,
-        ddp_model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        schedule: Any,
-        guard: StopGuard,
-        batch_size: int,
-        fault: fault_injection.Fault | None,
-        backward_returned: Callable[[], None] = lambda: None,
-        bf16: bool = False,
-        seed: int = 0,
-    ) -> None:
-        """``bf16``: forward in bf16 autocast (train.bf16 as :func:`mnist_ddp.model.precision.choose_bf16` decided)."""
+    def __init__(self, tc: TrainConfig, parts: StepParts, fault: fault_injection.Fault | None = None, seed: int = 0):
+        """``parts``: what the step trains with, built once (:func:`mnist_ddp.training.build.build_parts`)."""
+        data, model, ddp_model = parts.data, parts.model, parts.ddp_model
         self.tc, self.data, self.model, self.ddp_model = tc, data, model, ddp_model
-        self.optimizer, self.schedule, self.guard = optimizer, schedule, guard
-        self.batch_size, self.fault, self.seed = batch_size, fault, seed
-        self.backward_returned = backward_returned  # the end of the wait for the other ranks' gradients
+        self.optimizer, self.schedule, self.guard = parts.optimizer, parts.schedule, parts.guard
+        self.batch_size, self.fault, self.seed = parts.batch_size, fault, seed
+        self.backward_returned = parts.backward_returned  # the end of the wait for the other ranks' gradients
         self.forward = torch.compile(ddp_model) if tc.compile else ddp_model
         device_type = data.train_images.device.type
-        self.autocast = torch.autocast(device_type, dtype=torch.bfloat16) if bf16 else nullcontext()
+        self.autocast = torch.autocast(device_type, dtype=torch.bfloat16) if parts.bf16 else nullcontext()
         # On a GPU the training images are normalized once (188 MB of float32 for MNIST): a step
         # then gathers its inputs in one kernel instead of gathering and normalizing in five.
         # The values are the same bits: normalizing is elementwise.
