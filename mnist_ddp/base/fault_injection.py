@@ -75,23 +75,33 @@ def inject(fault: Fault | None, step: int, loss: torch.Tensor | None) -> torch.T
     return loss
 
 
-slowed: set[str] = set()  # the MNIST_DDP_TEST_SLOW entries that struck already
+# (the MNIST_DDP_TEST_SLOW text read, this rank's entries yet to strike): parsed once, not every step.
+slow_plan: tuple[str, list[tuple[str, int, float]]] = ("", [])
 
 
 def slow_phase(phase: str, step: int) -> None:
-    """Make this phase slow if MNIST_DDP_TEST_SLOW asks for it (once per entry)."""
-    rank = os.environ.get("RANK", "0")
-    for entry in filter(None, os.environ.get(SLOW_ENV, "").split(",")):
-        name, who, after, seconds = entry.split(":")
-        if name != phase or who not in ("*", rank) or step < int(after) or entry in slowed:
+    """Make this phase slow if MNIST_DDP_TEST_SLOW asks for it (each entry once)."""
+    global slow_plan
+    spec = os.environ.get(SLOW_ENV, "")
+    if spec != slow_plan[0]:
+        rank, pending = os.environ.get("RANK", "0"), []
+        for entry in filter(None, spec.split(",")):
+            name, who, after, seconds = entry.split(":")
+            if who in ("*", rank):
+                pending.append((name, int(after), float(seconds)))
+        slow_plan = (spec, pending)
+    for entry in slow_plan[1]:
+        name, after, seconds = entry
+        if name != phase or step < after:
             continue
-        slowed.add(entry)
+        slow_plan[1].remove(entry)
         if phase == "snapshot":
-            time.sleep(float(seconds))
-            continue
-        end = time.monotonic() + float(seconds)
+            time.sleep(seconds)  # waiting, as a slow file system does
+            return
+        end = time.monotonic() + seconds
         while time.monotonic() < end:
             pass  # computing
+        return
 
 
 def print_hash_requested() -> bool:

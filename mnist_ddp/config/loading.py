@@ -102,6 +102,12 @@ def merge(base: DictConfig, node: DictConfig, source: str) -> DictConfig:
     return base
 
 
+def bool_text(value: str) -> str:
+    """A YAML boolean that reached a text key (True/False, as older saved configs hold it) as the
+    text true/false that the key takes today; any other text as it is."""
+    return value.lower() if value in ("True", "False") else value
+
+
 def load_config(
     config_file: str | Path | None = None, overrides: list[str] | None = None, base: dict[str, Any] | None = None
 ) -> Config:
@@ -121,7 +127,7 @@ def load_config(
     if not config.data.root:
         config.data.root = os.environ.get(DATA_ENV_VAR) or "data"
     # YAML's false (and older saved configs' False) arrive as text in this text key.
-    config.train.bf16 = config.train.bf16.lower() if config.train.bf16 in ("True", "False") else config.train.bf16
+    config.train.bf16 = bool_text(config.train.bf16)
     validate(config)
     return config
 

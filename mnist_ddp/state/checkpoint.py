@@ -24,7 +24,7 @@ import torch
 from mnist_ddp.base.atomic import atomic_torch_save, atomic_write_text
 from mnist_ddp.base.console import warn
 from mnist_ddp.base.errors import InputError
-from mnist_ddp.config.loading import flat_config
+from mnist_ddp.config.loading import bool_text, flat_config
 from mnist_ddp.state.weights import load_weights_only
 
 FORMAT = "mnist_ddp.snapshot/1"
@@ -222,12 +222,6 @@ def read_snapshot(path: Path) -> Snapshot:
     return Snapshot.from_file(state, path)
 
 
-def comparable(value: str) -> str:
-    """A saved setting as today's config writes it: earlier versions saved train.bf16 as a YAML
-    boolean (True/False), which load_config now reads as the text true/false."""
-    return value.lower() if value in ("True", "False") else value
-
-
 def check_compatible(
     snapshot: Snapshot, config: dict[str, Any], in_features: int, data: dict[str, str] | None = None
 ) -> None:
@@ -238,13 +232,13 @@ def check_compatible(
     fingerprint when the snapshot recorded one.
     """
     saved, now = must_match(snapshot.config), must_match(config)
-    changed = [k for k in now if k in saved and comparable(saved[k]) != comparable(now[k])]
+    changed = [k for k in now if k in saved and bool_text(saved[k]) != bool_text(now[k])]
     if changed:
         key, more = changed[0], changed[1:]
         also = f" (and {', '.join(more)})" if more else ""
         raise InputError(
-            f"{snapshot.path} was saved with {key}={comparable(saved[key])}, this run has {key}={now[key]}{also};"
-            f" set {key}={comparable(saved[key])} to continue it, or start over in another run.dir"
+            f"{snapshot.path} was saved with {key}={bool_text(saved[key])}, this run has {key}={now[key]}{also};"
+            f" set {key}={bool_text(saved[key])} to continue it, or start over in another run.dir"
         )
     if snapshot.in_features != in_features:
         raise InputError(f"{snapshot.path} is a model of {snapshot.in_features} inputs, this data has {in_features}")
