@@ -60,13 +60,15 @@ def test_the_graphs_body_computes_what_the_eager_step_computes_bit_for_bit(optim
     eager, eager_model = make_step(tc, data, full_steps, capturable=False, dropout=dropout)
     torch.manual_seed(5)
     eager_losses = torch.zeros(full_steps)
+    eager.start_epoch(shard, 0, 0)
     for i in range(full_steps):
-        eager(shard[i * tc.batch_size : (i + 1) * tc.batch_size], i, eager_losses, i)
+        eager(i, i, eager_losses)
 
     graphed, graphed_model = make_step(tc, data, full_steps, capturable=True, dropout=dropout)
     graph_losses = torch.zeros(full_steps)
-    body = GraphedStep(graphed.step_body, tc.batch_size, len(shard), graph_losses)
-    body.start_epoch(shard, 0)
+    body = GraphedStep(graphed.step_body, tc.batch_size, len(shard), graph_losses, graphed.plan_rows)
+    graphed.start_epoch(shard, 0, 0)
+    body.start_epoch(graphed.plan, 0)
     torch.manual_seed(5)
     for _ in range(full_steps):
         graphed.optimizer.zero_grad(set_to_none=True)  # as at capture: backward writes the gradients
@@ -79,8 +81,9 @@ def test_the_graphs_body_computes_what_the_eager_step_computes_bit_for_bit(optim
     # The reason for one representation: a Python rate is read as a double, a tensor one as float32.
     host_rate, host_model = make_step(tc, data, full_steps, capturable=False, device_rate=False, dropout=dropout)
     torch.manual_seed(5)
+    host_rate.start_epoch(shard, 0, 0)
     for i in range(full_steps):
-        host_rate(shard[i * tc.batch_size : (i + 1) * tc.batch_size], i, torch.zeros(full_steps), i)
+        host_rate(i, i, torch.zeros(full_steps))
     if optimizer == "adamw":
         assert not torch.equal(weights(eager_model), weights(host_model))
 
@@ -94,12 +97,13 @@ def test_the_warm_up_stays_inside_a_shard_shorter_than_its_iterations(shard_len,
     step, _ = make_step(tc, data, 10, capturable=True)
     seen: list[torch.Tensor] = []
 
-    def body(indices: torch.Tensor) -> torch.Tensor:
-        seen.append(indices)
-        return step.step_body(indices)
+    def body(columns: torch.Tensor) -> torch.Tensor:
+        seen.append(columns[0])
+        return step.step_body(columns)
 
-    graph = GraphedStep(body, batch, shard_len, torch.zeros(-(-shard_len // batch)))
-    graph.start_epoch(torch.arange(shard_len), 0)
+    graph = GraphedStep(body, batch, shard_len, torch.zeros(-(-shard_len // batch)), step.plan_rows)
+    step.start_epoch(torch.arange(shard_len), 0, 0)
+    graph.start_epoch(step.plan, 0)
     graph.warm_up(step.optimizer)  # index_select raises IndexError past the order's end
     assert len(seen) == WARMUP_ITERATIONS and all(torch.equal(s, torch.arange(batch)) for s in seen)
     assert int(graph.position) == 1  # one step taken, from the first batch
@@ -119,8 +123,9 @@ def test_a_shard_shorter_than_one_batch_is_never_captured():
 def test_a_captured_step_has_no_gradient_zeroing_and_few_kernels_beyond_the_model():
     tc = TrainConfig(batch_size=64, schedule="none", label_smoothing=0.1)
     step, model = make_step(tc, tiny_splits(), 4, capturable=True)
-    body = GraphedStep(step.step_body, tc.batch_size, 300, torch.zeros(4))
-    body.start_epoch(torch.arange(300), 0)
+    body = GraphedStep(step.step_body, tc.batch_size, 300, torch.zeros(4), step.plan_rows)
+    step.start_epoch(torch.arange(300), 0, 0)
+    body.start_epoch(step.plan, 0)
     body.warm_up(step.optimizer)
 
     step.optimizer.zero_grad(set_to_none=True)

@@ -34,9 +34,17 @@ def mix32(x: torch.Tensor) -> torch.Tensor:
 
 
 def sample_keys(seed: int, step: torch.Tensor, samples: torch.Tensor, stream: int) -> torch.Tensor:
-    """One 32-bit key per sample for global step ``step`` (a 0-dim int64 tensor, so that a CUDA
-    graph reads the current step) and one use (``stream``): 15 small kernels per step."""
+    """One 32-bit key per sample for global step ``step`` (an int64 tensor: 0-dim, or one step
+    per sample) and one use (``stream``)."""
     return mix32((samples * SAMPLE_MULTIPLIER + step * STEP_MULTIPLIER + ((seed ^ stream) & MASK32)) & MASK32)
+
+
+def epoch_keys(seed: int, shard: torch.Tensor, first_step: int, batch_size: int, stream: int) -> torch.Tensor:
+    """The keys of a whole epoch's shard at once: the sample at position ``p`` is trained at global
+    step ``first_step + p // batch_size``. Equal, bit for bit, to :func:`sample_keys` of each step's
+    batch; computed once per epoch, outside the step, it takes 15 kernels out of every step."""
+    steps = first_step + torch.arange(len(shard), device=shard.device) // batch_size
+    return sample_keys(seed, steps, shard, stream)
 
 
 def unit_words(units: int, device: torch.device | None = None) -> torch.Tensor:

@@ -32,8 +32,9 @@ def uncaptured_steps_expected() -> Iterator[None]:
 
 
 class GraphedStep:
-    """``body(indices) -> loss`` for full batches of ``batch_size`` from a shard of ``shard_len``,
-    reading its batch from device counters; captured by :meth:`capture` (CUDA only)."""
+    """``body(columns) -> loss`` for full batches of ``batch_size`` from a shard of ``shard_len``:
+    the batch's columns of the epoch's plan (``plan_rows`` rows, the first the samples), chosen by a
+    device counter; captured by :meth:`capture` (CUDA only)."""
 
     def __init__(
         self,
@@ -41,22 +42,23 @@ class GraphedStep:
         batch_size: int,
         shard_len: int,
         step_losses: torch.Tensor,
+        plan_rows: int = 1,
     ) -> None:
         device = step_losses.device
         self.body, self.batch_size, self.step_losses = body, batch_size, step_losses
         # At least one batch long: the warm-up takes a whole batch whatever the shard's length.
-        self.order = torch.zeros(max(shard_len, batch_size), dtype=torch.int64, device=device)
+        self.plan = torch.zeros(plan_rows, max(shard_len, batch_size), dtype=torch.int64, device=device)
         self.position = torch.zeros((), dtype=torch.int64, device=device)  # the step within the epoch
         self.offsets = torch.arange(batch_size, device=device)
         self.graph: torch.cuda.CUDAGraph | None = None
 
     def batch_indices(self) -> torch.Tensor:
-        """The positions in the order that the step at ``position`` takes (on the device)."""
+        """The columns of the plan that the step at ``position`` takes (on the device)."""
         return self.position * self.batch_size + self.offsets
 
     def captured_step(self) -> None:
         """What one replay does."""
-        loss = self.body(self.order.index_select(0, self.batch_indices()))
+        loss = self.body(self.plan.index_select(1, self.batch_indices()))
         self.step_losses.index_copy_(0, self.position.view(1), loss.view(1))
         self.position.add_(1)
 
@@ -96,10 +98,10 @@ class GraphedStep:
                 self.captured_step()
         torch.cuda.current_stream(device).wait_stream(side)
 
-    def start_epoch(self, shard: torch.Tensor, first_step: int) -> None:
-        """This epoch's order and the step it starts from (after a resume, mid-epoch)."""
-        self.order[: len(shard)].copy_(shard)
-        self.position.fill_(first_step)
+    def start_epoch(self, plan: torch.Tensor, first_position: int) -> None:
+        """This epoch's plan and the position it starts from (after a resume, mid-epoch)."""
+        self.plan[:, : plan.shape[1]].copy_(plan)
+        self.position.fill_(first_position)
 
     def replay(self) -> None:
         """One whole step."""

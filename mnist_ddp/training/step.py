@@ -24,7 +24,7 @@ from mnist_ddp.data.order import shift_images
 from mnist_ddp.data.splits import Splits, normalize_pixels
 from mnist_ddp.model.mlp import BitsDropout
 from mnist_ddp.model.optimizer import HOST_SCHEDULES, step_schedule
-from mnist_ddp.model.sample_noise import DROPOUT_STREAM, SHIFT_STREAM, sample_keys, shift_offsets
+from mnist_ddp.model.sample_noise import DROPOUT_STREAM, SHIFT_STREAM, epoch_keys, shift_offsets
 from mnist_ddp.training.cuda_graphs import GraphedStep, uncaptured_steps_expected
 from mnist_ddp.training.guard import StopGuard
 
@@ -98,6 +98,10 @@ class TrainStep:
             tc.label_smoothing, model.layers[-1].out_features, data.train_labels.device
         )
         self.dropout = any(isinstance(m, BitsDropout) and m.p > 0 for m in model.modules())
+        # The epoch's plan, one column per position of the shard: the sample, then its dropout key
+        # and its shift (row, column) where the config has them (start_epoch).
+        self.plan_rows = 1 + self.dropout + 2 * bool(tc.augment_shift)
+        self.plan = torch.zeros(self.plan_rows, 0, dtype=torch.int64, device=data.train_labels.device)
         self.graph: GraphedStep | None = None
 
     def capture(self, step_losses: torch.Tensor, shard_len: int) -> None:
@@ -107,55 +111,66 @@ class TrainStep:
         """
         if shard_len < self.batch_size:
             return
-        self.graph = GraphedStep(self.step_body, self.batch_size, shard_len, step_losses)
+        self.graph = GraphedStep(self.step_body, self.batch_size, shard_len, step_losses, self.plan_rows)
         self.graph.capture(self.model, self.optimizer, [self.guard.first_bad, self.guard.step])
 
-    def start_epoch(self, shard: torch.Tensor, first_step: int) -> None:
-        """Give the graph this epoch's order and the step it starts from."""
+    def start_epoch(self, shard: torch.Tensor, epoch_start_step: int, first_position: int) -> None:
+        """Plan the epoch: ``shard``, this rank's samples in order, from global step
+        ``epoch_start_step`` on; every sample's dropout key and shift computed once, here, instead
+        of in every step (bit for bit the same). The graph also gets the position it starts from
+        (after a resume, mid-epoch)."""
+        rows = [shard]
+        if self.dropout:
+            rows.append(epoch_keys(self.seed, shard, epoch_start_step, self.batch_size, DROPOUT_STREAM))
+        if self.tc.augment_shift:
+            keys = epoch_keys(self.seed, shard, epoch_start_step, self.batch_size, SHIFT_STREAM)
+            rows += shift_offsets(keys, self.tc.augment_shift).unbind(1)
+        self.plan = torch.stack(rows)
         if self.graph is not None:
-            self.graph.start_epoch(shard, first_step)
+            self.graph.start_epoch(self.plan, first_position)
 
-    def __call__(self, batch: torch.Tensor, global_step: int, step_losses: torch.Tensor, position: int) -> None:
-        """One step on ``batch``; its loss goes to ``step_losses[position]`` and the guard (the graph
-        knows both from its own counters, set by :meth:`start_epoch`)."""
-        if self.graph is not None and len(batch) == self.batch_size:
+    def batch(self, position: int) -> torch.Tensor:
+        """The samples that the epoch's step at ``position`` (0-based) trains on this rank."""
+        return self.plan[0, position * self.batch_size : (position + 1) * self.batch_size]
+
+    def __call__(self, position: int, global_step: int, step_losses: torch.Tensor) -> None:
+        """The epoch's step at ``position`` (0-based); its loss goes to ``step_losses[position]`` and
+        the guard (the graph knows both from its own counters, set by :meth:`start_epoch`)."""
+        columns = self.plan[:, position * self.batch_size : (position + 1) * self.batch_size]
+        if self.graph is not None and columns.shape[1] == self.batch_size:
             fault_injection.inject(self.fault, global_step, None)  # a crash or kill -9; no NaN in a graph
             self.graph.replay()
         else:
             # With CUDA graphs the .grad tensors belong to the graph: zero them, keep them.
             self.optimizer.zero_grad(set_to_none=self.graph is None)
-            loss = self.loss_and_grads(batch, global_step)
+            loss = self.loss_and_grads(columns, global_step)
             with uncaptured_steps_expected() if self.graph is not None else nullcontext():
                 self.optimizer.step()
             step_losses[position] = loss
             self.guard.record(loss)
         step_schedule(self.schedule)
 
-    def step_body(self, indices: torch.Tensor) -> torch.Tensor:
-        """What the graph holds: forward, backward (into gradients that were None at capture,
-        so written, not added), optimizer step; the mean loss."""
-        loss = self.batch_loss(indices)
+    def step_body(self, columns: torch.Tensor) -> torch.Tensor:
+        """What the graph holds, given the batch's columns of the plan: forward, backward (into
+        gradients that were None at capture, so written, not added), optimizer step; the mean loss."""
+        loss = self.batch_loss(columns)
         loss.backward()
         self.optimizer.step()
         loss = loss.detach()
         self.guard.record(loss)
         return loss
 
-    def batch_loss(self, batch: torch.Tensor) -> torch.Tensor:
-        """Mean loss over the images at indices ``batch`` (shifted when train.augment_shift > 0).
-
-        Each image's shift and dropout mask are keyed to (seed, global step, its index): the
-        guard's step counter is the global step, on the device, so a CUDA graph reads it too.
-        """
+    def batch_loss(self, columns: torch.Tensor) -> torch.Tensor:
+        """Mean loss over a batch, given its columns of the epoch's plan: the samples, each shifted
+        (train.augment_shift > 0) and dropped out as its plan says."""
+        batch = columns[0]
         if self.train_inputs is not None:
             images = self.train_inputs[batch]
         else:
             images = normalize_pixels(self.data.train_images[batch])
-        step = self.guard.step
         if self.tc.augment_shift:
-            offsets = shift_offsets(sample_keys(self.seed, step, batch, SHIFT_STREAM), self.tc.augment_shift)
-            images = shift_images(images, self.tc.augment_shift, offsets)
-        keys = sample_keys(self.seed, step, batch, DROPOUT_STREAM) if self.dropout else None
+            images = shift_images(images, self.tc.augment_shift, columns[-2:].T)
+        keys = columns[1] if self.dropout else None
         with self.autocast:
             logits = self.forward(images, keys).float()
         labels = self.data.train_labels[batch]
@@ -163,18 +178,18 @@ class TrainStep:
             return F.cross_entropy(logits, labels)
         return F.cross_entropy(logits, self.soft_targets[labels])
 
-    def loss_and_grads(self, batch: torch.Tensor, global_step: int) -> torch.Tensor:
+    def loss_and_grads(self, columns: torch.Tensor, global_step: int) -> torch.Tensor:
         """Gradients of the batch's mean loss into .grad, from accumulate_steps micro-batches.
 
         DDP all-reduces the gradients during the last micro-batch's backward only (no_sync).
         """
-        accumulate = self.tc.accumulate_steps
-        parts = batch.split(len(batch) // accumulate if len(batch) >= accumulate else 1)
-        total = torch.zeros((), device=batch.device)
+        accumulate, size = self.tc.accumulate_steps, columns.shape[1]
+        parts = columns.split(size // accumulate if size >= accumulate else 1, dim=1)
+        total = torch.zeros((), device=columns.device)
         for i, part in enumerate(parts):
             last = i == len(parts) - 1
             with nullcontext() if last or self.ddp_model is self.model else self.ddp_model.no_sync():
-                loss = self.batch_loss(part) * (len(part) / len(batch))
+                loss = self.batch_loss(part) * (part.shape[1] / size)
                 loss = fault_injection.inject(self.fault, global_step, loss)
                 loss.backward()  # DDP averages the gradients across ranks here (last micro-batch)
             self.backward_returned()

@@ -144,12 +144,11 @@ class Trainer:
                 order = epoch_permutation(len(parts.data.train_labels), cfg.seed, p.epoch)
                 shard = shard_indices(to_device_without_waiting(order, self.device), launch.rank, launch.world_size)
                 self.losses.values.zero_()
-                parts.step.start_epoch(shard, p.step_in_epoch)
+                parts.step.start_epoch(shard, p.global_step - p.step_in_epoch, p.step_in_epoch)
                 watch.start_loop()
                 for step_in_epoch in range(p.step_in_epoch + 1, parts.steps_per_epoch + 1):
-                    batch = shard[(step_in_epoch - 1) * parts.per_rank_batch : step_in_epoch * parts.per_rank_batch]
-                    with watch.step(p, batch):
-                        parts.step(batch, p.global_step, self.losses.values, step_in_epoch - 1)
+                    with watch.step(p, parts.step.batch(step_in_epoch - 1)):
+                        parts.step(step_in_epoch - 1, p.global_step, self.losses.values)
                     p.global_step, p.step_in_epoch = p.global_step + 1, step_in_epoch
                     watch.stepped(p)
                     self.snapshots.after_step(p, self.losses)
