@@ -22,13 +22,13 @@ import time
 import torch
 
 from mnist_ddp.config.loading import parse_args
-from mnist_ddp.data.splits import Splits, normalize_pixels
+from mnist_ddp.data.splits import Splits
 from mnist_ddp.model.mlp import build_model
 from mnist_ddp.model.optimizer import build_optimizer, build_schedule
 from mnist_ddp.model.precision import choose_bf16
 from mnist_ddp.observe.profiling import kernel_ops
 from mnist_ddp.training.guard import StopGuard
-from mnist_ddp.training.step import StepParts, TrainStep
+from mnist_ddp.training.step import StepParts, TrainStep, normalized_inputs
 
 IMAGES = 4096
 # Operations in one graph body, counted on the CPU (issue 27: 72 and 79 before the sample keys
@@ -72,7 +72,7 @@ def count_ops(cfg):
     schedule = build_schedule(optimizer, tc, 1000)
     guard = StopGuard(model, device)
     step = TrainStep(tc, StepParts(data, model, model, optimizer, schedule, guard, tc.batch_size, bf16=bf16))
-    step.train_inputs = normalize_pixels(data.train_images)  # as TrainStep does on CUDA
+    step.train_inputs = normalized_inputs(data.train_images, bf16)  # as TrainStep does on CUDA
     losses = torch.zeros(IMAGES // tc.batch_size + 1, device=device)
     step.start_epoch(torch.arange(IMAGES, device=device), 0, 0)
 

@@ -5,7 +5,10 @@ are at capture). Capture and replay themselves are checked by benchmarks/gpu_che
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +21,7 @@ from mnist_ddp.model.optimizer import build_optimizer, build_schedule, step_sche
 from mnist_ddp.observe.profiling import kernel_ops
 from mnist_ddp.training.cuda_graphs import WARMUP_ITERATIONS, GraphedStep, uncaptured_steps_expected
 from mnist_ddp.training.guard import StopGuard
-from mnist_ddp.training.step import StepParts, TrainStep
+from mnist_ddp.training.step import StepParts, TrainStep, normalized_inputs
 
 CPU = torch.device("cpu")
 
@@ -31,15 +34,21 @@ def tiny_splits(n: int = 300) -> Splits:
 
 
 def make_step(
-    tc: TrainConfig, data: Splits, steps: int, capturable: bool, device_rate: bool = True, dropout: float = 0.0
+    tc: TrainConfig,
+    data: Splits,
+    steps: int,
+    capturable: bool,
+    device_rate: bool = True,
+    dropout: float = 0.0,
+    bf16: bool = False,
 ):
     """A TrainStep on the CPU with the optimizer of the CUDA path (rate a float32 tensor, fused)."""
     torch.manual_seed(0)
     model = build_model(Config(train=tc, model=ModelConfig(hidden=[32, 32], dropout=dropout)), data.in_features)
     optimizer = build_optimizer(model.parameters(), tc, CPU, capturable=capturable, device_rate=device_rate)
     schedule = build_schedule(optimizer, tc, steps)
-    step = TrainStep(tc, StepParts(data, model, model, optimizer, schedule, StopGuard(model, CPU), tc.batch_size))
-    return step, model
+    parts = StepParts(data, model, model, optimizer, schedule, StopGuard(model, CPU), tc.batch_size, bf16=bf16)
+    return TrainStep(tc, parts), model
 
 
 def weights(model: torch.nn.Module) -> torch.Tensor:
@@ -86,6 +95,24 @@ def test_the_graphs_body_computes_what_the_eager_step_computes_bit_for_bit(optim
         host_rate(i, i, torch.zeros(full_steps))
     if optimizer == "adamw":
         assert not torch.equal(weights(eager_model), weights(host_model))
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_images_normalized_once_as_on_a_gpu_train_the_same_weights(bf16):
+    # A GPU step gathers images normalized once (in bf16 when the forward is); a CPU step
+    # normalizes each batch and autocast casts it. Shifted, dropped out: the same bits.
+    tc = TrainConfig(batch_size=64, schedule="linear", augment_shift=2, label_smoothing=0.1)
+    data = tiny_splits()
+    results = []
+    for once in (False, True):
+        step, model = make_step(tc, data, 4, capturable=False, dropout=0.5, bf16=bf16)
+        if once:
+            step.train_inputs = normalized_inputs(data.train_images, bf16)
+        step.start_epoch(torch.arange(300), 0, 0)
+        for i in range(4):
+            step(i, i, torch.zeros(4))
+        results.append(weights(model))
+    assert torch.equal(results[0], results[1])
 
 
 @pytest.mark.parametrize("shard_len, batch", [(300, 128), (120, 64), (64, 64)])
@@ -173,3 +200,16 @@ def test_only_torchs_uncaptured_step_warning_is_silenced():
         "something else",
         "This instance was constructed with capturable=True (outside)",
     ]
+
+
+def test_the_graph_bodys_operation_counts_meet_their_targets():
+    # The command itself, as docs/gpu.md shows it: it counts each target's graph body on the CPU.
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "step_kernels.py"
+    command = [sys.executable, str(script), "--targets"]
+    r = subprocess.run(command, cwd=script.parent.parent, capture_output=True, text=True, timeout=120)
+    rows = [line.split() for line in r.stdout.splitlines()[1:]]
+    counted = {" ".join(row[:-3]): (int(row[-3]), int(row[-2])) for row in rows}
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert counted.keys() == {"--config configs/seed.yaml", "train.bf16=false"}
+    assert all(0 < body <= target for body, target in counted.values()), counted
+    assert counted["--config configs/seed.yaml"][1] <= 58 and counted["train.bf16=false"][1] <= 62

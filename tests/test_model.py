@@ -60,6 +60,19 @@ def test_bits_dropout_drops_a_fraction_p_and_keeps_the_mean(p, keyed):
     assert torch.equal(BitsDropout(0.0, 1000).train()(out), out)
 
 
+@pytest.mark.parametrize("p, bf16_mask", [(0.5, True), (0.3, False)])
+def test_bits_dropout_in_bf16_rounds_once_as_float32_then_a_cast_does(p, bf16_mask):
+    # Under autocast the activations are bf16. A scale exact in bf16 (p=0.5: 2) keeps the mask,
+    # and the output, in bf16 (no cast either way); any other scale keeps a float32 mask. Both
+    # give what the float32 product cast to bf16 gives, bit for bit.
+    drop = BitsDropout(p, 256).train()
+    keys = sample_keys(0, torch.tensor(7), torch.arange(64), DROPOUT_STREAM)
+    x = torch.randn(64, 256, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    out = drop(x, keys)
+    assert out.dtype == (torch.bfloat16 if bf16_mask else torch.float32)
+    assert torch.equal(out.to(torch.bfloat16), drop(x.float(), keys).to(torch.bfloat16))
+
+
 def test_dropout_only_in_training():
     torch.manual_seed(0)
     model = MLP(784, [256, 128], dropout=0.5)

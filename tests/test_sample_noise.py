@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from mnist_ddp.data.order import epoch_permutation, shard_indices
 from mnist_ddp.model.mlp import BitsDropout
-from mnist_ddp.model.sample_noise import DROPOUT_STREAM, SHIFT_STREAM, mix32, sample_keys, shift_offsets
+from mnist_ddp.model.sample_noise import (
+    DROPOUT_STREAM,
+    SHIFT_STREAM,
+    epoch_keys,
+    keep_mask,
+    mix32,
+    sample_keys,
+    shift_offsets,
+    unit_words,
+)
 
 STEP = torch.tensor(41)
 
@@ -54,3 +65,25 @@ def test_shift_offsets_cover_every_offset_evenly():
     offsets = shift_offsets(keys, 2)
     counts = torch.bincount(offsets[:, 0] * 5 + offsets[:, 1], minlength=25)
     assert len(counts) == 25 and counts.min() > 800 and counts.max() < 1200  # 1000 expected each
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 3])
+def test_an_epochs_keys_computed_at_once_are_each_steps_keys_bit_for_bit(ranks):
+    # A whole epoch of 1,000 samples in global batches of 96 (the last one short), from global
+    # step 123 on: the keys and masks planned once equal those computed step by step.
+    per_rank, first = 96 // ranks, 123
+    units = unit_words(128)
+    for rank in range(ranks):
+        shard = shard_indices(epoch_permutation(1000, 7, 3), rank, ranks)
+        planned = {stream: epoch_keys(7, shard, first, per_rank, stream) for stream in (DROPOUT_STREAM, SHIFT_STREAM)}
+        steps = -(-len(shard) // per_rank)
+        for step in range(steps):
+            batch = slice(step * per_rank, (step + 1) * per_rank)
+            for stream, keys in planned.items():
+                each = sample_keys(7, torch.tensor(first + step), shard[batch], stream)
+                assert torch.equal(keys[batch], each)
+            masks = keep_mask(planned[DROPOUT_STREAM][batch], units, 32768)
+            assert torch.equal(
+                masks, keep_mask(sample_keys(7, torch.tensor(first + step), shard[batch], DROPOUT_STREAM), units, 32768)
+            )
+        assert steps * per_rank >= len(shard) > (steps - 1) * per_rank

@@ -28,6 +28,13 @@ class BitsDropout(nn.Module):
         self.draw_threshold = round(p * 65536)  # keep an element when its 16-bit draw is at least this
         self.scale = 1 / (1 - self.draw_threshold / 65536)
         self.register_buffer("unit_words", sample_noise.unit_words(width), persistent=False)
+        # The mask in bf16 when the scale is exact there (p = 0.5: 2): under autocast the
+        # activations stay bf16, with no cast forward or back, and the products round once, as
+        # in float32 then cast. Other scales keep a float32 mask (bf16 would round them).
+        exact = torch.tensor(self.scale, dtype=torch.bfloat16).item() == self.scale
+        self.register_buffer(
+            "bf16_scale", torch.tensor(self.scale, dtype=torch.bfloat16 if exact else torch.float32), persistent=False
+        )
 
     def forward(self, x: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
         if not self.training or self.p == 0:
@@ -37,7 +44,7 @@ class BitsDropout(nn.Module):
         else:
             words = torch.randint(-(2**63), 2**63 - 1, (-(-x.numel() // 4),), dtype=torch.int64, device=x.device)
             keep = words.view(torch.int16)[: x.numel()].view(x.shape) >= self.draw_threshold - 32768
-        return x * (keep * self.scale)
+        return x * (keep * (self.bf16_scale if x.dtype == torch.bfloat16 else self.scale))
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from mnist_ddp.config.schema import TrainConfig
+from mnist_ddp.model.eager_optimizers import EagerAdamW, EagerSGD
 
 HOST_SCHEDULES = ("none", "linear")  # schedules that change only the rate, by host arithmetic
 
@@ -42,7 +43,7 @@ def build_optimizer(
         device_rate = uses_device_rate(cfg, device) or capturable
     lr: float | torch.Tensor = torch.tensor(cfg.lr, dtype=torch.float32, device=device) if device_rate else cfg.lr
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(
+        return EagerSGD(
             params,
             lr=lr,
             momentum=cfg.momentum,
@@ -51,7 +52,7 @@ def build_optimizer(
             # foreach SGD turns a tensor rate into a host number each step (a GPU sync); fused does not.
             fused=True if device_rate or device.type == "cuda" else None,
         )
-    return torch.optim.AdamW(
+    return EagerAdamW(
         params,
         lr=lr,
         betas=(0.9, cfg.beta2),
