@@ -48,3 +48,25 @@ def test_auto_on_a_gpu_follows_its_compute_capability(monkeypatch, capability, c
     cuda = torch.device("cuda", 0)
     assert (native_bf16(cuda) is not None) == chosen
     assert choose_bf16("auto", cuda)[0] == chosen
+
+
+def test_tf32_is_set_on_cuda_either_way_and_named_on_a_cpu(monkeypatch):
+    before = torch.backends.cuda.matmul.allow_tf32
+    try:
+        assert precision.allow_tf32(True, torch.device("cuda")) == "; fp32 matmuls in TF32 (train.tf32=true)"
+        assert torch.backends.cuda.matmul.allow_tf32 is True
+        assert precision.allow_tf32(False, torch.device("cuda")) == ""
+        assert torch.backends.cuda.matmul.allow_tf32 is False
+        assert precision.allow_tf32(True, torch.device("cpu")) == "; train.tf32 has no effect on a CPU"
+        assert torch.backends.cuda.matmul.allow_tf32 is False  # a CPU run leaves it alone
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
+@pytest.mark.parametrize("switch, expected", [(True, True), (False, False)])
+def test_auto_on_a_bf16_gpu_follows_the_one_measured_switch(monkeypatch, switch, expected):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(precision, "AUTO_BF16_ON_CUDA", switch)
+    bf16, why = precision.choose_bf16("auto", torch.device("cuda"))
+    assert bf16 is expected and "compute capability 9.0" in why
+    assert precision.choose_bf16("true", torch.device("cuda"))[0] is True

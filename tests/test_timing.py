@@ -85,3 +85,11 @@ def test_the_runs_straggler_is_the_rank_named_in_most_epochs_not_one_pause():
     assert timing.run_straggler(records, 2) == {"rank": 1, "host": "node2", "factor": 1.8}
     # Epochs measured at another world size (before a resume) do not count.
     assert timing.run_straggler([epoch(slow), {"rank_seconds": {"compute": [1.0]}, "straggler": None}], 2) == slow
+
+
+def test_the_epoch_clock_waits_for_a_gpu_and_not_for_a_cpu(monkeypatch):
+    waited: list[torch.device] = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waited.append(device))
+    before = time.perf_counter()
+    assert before <= timing.device_clock(torch.device("cpu")) and waited == []
+    assert timing.device_clock(torch.device("cuda", 1)) >= before and waited == [torch.device("cuda", 1)]

@@ -68,6 +68,9 @@ class TrainConfig:
         " AVX512-BF16 or AMX; else fp32) | true | false",
         "auto",
     )
+    tf32: bool = doc(
+        "let fp32 matmuls on CUDA use TF32 tensor cores (faster, 10-bit mantissas; no effect on a CPU)", False
+    )
     compile: bool = doc("torch.compile the model", False)
     cuda_graphs: bool = doc("replay the forward and backward pass as one CUDA graph (one CUDA rank)", False)
     eval_batch_size: int = doc("batch size for evaluation", 10_000)

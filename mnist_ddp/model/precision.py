@@ -13,6 +13,11 @@ from pathlib import Path
 
 import torch
 
+# Whether train.bf16=auto picks bf16 on a GPU that multiplies it natively (capability >= 8.0).
+# Not measured yet: no GPU has run this job. benchmarks/gpu.sh's rows default-graphs (bf16),
+# default-fp32-graphs and default-tf32-graphs decide it: False if fp32 or TF32 is faster for
+# this small model (bf16 adds a cast per weight and gradient to every step).
+AUTO_BF16_ON_CUDA = True
 # CPU feature flags (Linux /proc/cpuinfo) under which oneDNN runs bf16 matmuls natively.
 NATIVE_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 CPUINFO = Path("/proc/cpuinfo")
@@ -44,7 +49,18 @@ def choose_bf16(setting: str, device: torch.device, cpuinfo: Path = CPUINFO) -> 
     if setting != "auto":
         return setting == "true", f"train.bf16={setting}"
     reason = native_bf16(device, cpuinfo)
+    if reason is not None and device.type == "cuda" and not AUTO_BF16_ON_CUDA:
+        return False, f"train.bf16=auto: fp32 on CUDA, measured faster for this model ({reason})"
     if reason is not None:
         return True, f"train.bf16=auto: {reason}"
     native = "compute capability 8.0" if device.type == "cuda" else "/".join(NATIVE_BF16_CPU_FLAGS)
     return False, f"train.bf16=auto: no {native}"
+
+
+def allow_tf32(enabled: bool, device: torch.device) -> str:
+    """Let CUDA's fp32 matmuls use TF32 (train.tf32=true) or not; what that means here, in words
+    for the run's first line ('' when off)."""
+    if device.type != "cuda":
+        return "; train.tf32 has no effect on a CPU" if enabled else ""
+    torch.backends.cuda.matmul.allow_tf32 = enabled  # process-wide: set either way
+    return "; fp32 matmuls in TF32 (train.tf32=true)" if enabled else ""

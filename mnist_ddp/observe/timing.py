@@ -121,6 +121,15 @@ class RankClock:
         return values
 
 
+def device_clock(device: torch.device) -> float:
+    """``time.perf_counter()`` once the device has run everything queued so far. On CUDA the host
+    runs ahead of the GPU (with graphs by ~17 steps), so an epoch timed without waiting reads up
+    to ~15% fast; one wait per epoch costs nothing the epoch would not wait for anyway."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 def find_straggler(compute: list[float], factor: float) -> tuple[int, float] | None:
     """The rank whose compute stands out: (rank, its compute over the median of the others), or None.
 

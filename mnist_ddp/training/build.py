@@ -17,7 +17,7 @@ from mnist_ddp.data.splits import Splits, load_on_every_rank
 from mnist_ddp.model.evaluation import EvalCounts, evaluate_across_ranks
 from mnist_ddp.model.mlp import build_model
 from mnist_ddp.model.optimizer import build_optimizer, build_schedule
-from mnist_ddp.model.precision import choose_bf16
+from mnist_ddp.model.precision import allow_tf32, choose_bf16
 from mnist_ddp.observe.timing import RankClock, rank_seconds
 from mnist_ddp.parallel import agreement, liveness
 from mnist_ddp.parallel.ddp import wrap_ddp
@@ -83,6 +83,7 @@ def build_parts(cfg: Config, launch: Launch, device: torch.device, backend: str)
     per_rank_batch = check_world_size(tc, world_size)
     check_step_options(tc, device, world_size)
     bf16, precision_reason = choose_bf16(tc.bf16, device)
+    precision_reason += allow_tf32(tc.tf32, device)
     threads = threads_per_rank(tc.threads, torch.get_num_threads())
     torch.set_num_threads(threads)
     seed_everything(cfg.seed)

@@ -138,7 +138,7 @@ class Trainer:
         p, cfg, parts, watch, launch, counts = self.progress, self.cfg, self.parts, self.observers, self.launch, None
         while p.epoch <= cfg.train.epochs:
             parts.model.train()
-            started = time.perf_counter()
+            started = timing.device_clock(self.device)
             watch.start_epoch(p)
             with syncs_reported(self.device):  # MNIST_DDP_SYNC_DEBUG: nothing here should wait for a GPU
                 order = epoch_permutation(len(parts.data.train_labels), cfg.seed, p.epoch)
@@ -167,7 +167,7 @@ class Trainer:
         evaluate = last or p.epoch % tc.eval_every_epochs == 0
         snapshot = last or (every > 0 and p.epoch % every == 0)
         counts = train_loss = decision = None
-        train_seconds = time.perf_counter() - started
+        train_seconds = timing.device_clock(self.device) - started
         images = self.parts.images_trained(p.resumed_at, self.launch.world_size)
         if evaluate:
             with self.snapshots.phase("agreement", p):
