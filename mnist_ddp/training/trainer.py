@@ -9,7 +9,6 @@ rank 0's outputs each have a module of their own.
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
