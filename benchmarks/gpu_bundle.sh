@@ -22,7 +22,9 @@
 #   PYTHON                     the interpreter whose pip downloads (else .venv/bin/python, python3)
 #   BUNDLE_PYTHONS             CPython versions for binary wheels (default "3.11 3.12 3.13")
 #   BUNDLE_PLATFORMS           wheel platforms (default "manylinux2014_x86_64 manylinux2014_aarch64")
-#   BUNDLE_OMEGACONF           the requirement bundled (default: pyproject.toml's, omegaconf>=2.3)
+#   BUNDLE_OMEGACONF           the requirement bundled (default: omegaconf==the version PYTHON has,
+#                              the release this checkout's tests ran with; pyproject.toml's range
+#                              would let a later rebuild carry a release no test has seen)
 set -euo pipefail
 
 die() {
@@ -127,9 +129,13 @@ done
 [ "$ANY_DATA" = 1 ] || say "mnist: the four files match real MNIST's md5s"
 say "mnist: $(du -sh "$STAGE/mnist" | cut -f1) gzipped from $DATA"
 
-# 2. Wheels. The requirement comes from pyproject.toml, so the bundle follows the project.
-SPEC=${BUNDLE_OMEGACONF:-$(grep -oE '"omegaconf[^"]*"' "$REPO/pyproject.toml" | head -1 | tr -d '"')}
-SPEC=${SPEC:-omegaconf}
+# 2. Wheels: omegaconf pinned to the release this interpreter has (and the tests used).
+if [ -z "${BUNDLE_OMEGACONF:-}" ]; then
+    tested=$("$PYTHON" -c 'import omegaconf; print(omegaconf.__version__)' 2>/dev/null) ||
+        die "$PYTHON has no omegaconf to pin; install the project (pip install -e .) or set BUNDLE_OMEGACONF=omegaconf==X.Y.Z"
+    BUNDLE_OMEGACONF=omegaconf==$tested
+fi
+SPEC=$BUNDLE_OMEGACONF
 # pip wheel resolves the whole closure for this interpreter and builds a wheel from any sdist.
 if ! "$PYTHON" -m pip wheel --quiet --disable-pip-version-check -w "$WORK/closure" "$SPEC" >"$WORK/wheel.log" 2>&1; then
     die "pip wheel '$SPEC' failed (are the package registries reachable?): $(grep -v '^WARNING' "$WORK/wheel.log" | tail -1)"
@@ -202,4 +208,11 @@ mv "$WORK/MD5SUMS" "$STAGE/MD5SUMS"
 rm -rf -- "$OUT"
 mv -- "$STAGE" "$OUT"
 chmod 755 "$OUT" # mktemp made it 700
-say "$OUT: $(du -sh "$OUT" | cut -f1) in $((SECONDS - START)) s; on the GPU machine: bash $(basename "$OUT")/run.sh [--quick]"
+say "$OUT: $(du -sh "$OUT" | cut -f1) in $((SECONDS - START)) s"
+# The one shot on a lent GPU is easy to waste: say exactly what to do with the bundle.
+rel=$(basename "$OUT")
+case $OUT/ in "$REPO"/*) rel=${OUT#"$REPO"/} ;; esac
+say "next: $rel/ is git-ignored, so a copy of what git tracks leaves it behind: copy it with the checkout"
+say "  (the device tool: carry=[\"$rel\"]); then on the GPU machine, in the checkout:"
+say "  bash $rel/run.sh --quick     # first: checks 1-5 and 8 and the targets, 3-5 minutes; log in $rel/gpu_check.log"
+say "  bash $rel/run.sh             # then, if there is time: every check and the full timings, 5.5-9 minutes"

@@ -7,6 +7,7 @@
 # `bash benchmarks/gpu_check.sh "$@"` with PYTHONPATH=site:repo, MNIST_DDP_DATA=gpu_bundle/mnist
 # and WANDB_MODE=disabled. --install-only stops before that, after an import check.
 # PYTHON (default python3) is the interpreter with torch: the wheels are installed for it.
+# Everything printed also goes to GPU_CHECK_LOG (default gpu_bundle/gpu_check.log, appended).
 set -euo pipefail
 
 BUNDLE=$(cd "$(dirname "$0")" && pwd)
@@ -26,6 +27,10 @@ REBUILD="rebuild the bundle (bash benchmarks/gpu_bundle.sh, where the package re
 command -v "$PYTHON" >/dev/null || die "$PYTHON not found; set PYTHON=/path/to/python3 (the one with torch)"
 command -v md5sum >/dev/null || die "md5sum not found; it verifies the bundle (install coreutils)"
 cd "$BUNDLE"
+LOG=${GPU_CHECK_LOG:-$BUNDLE/gpu_check.log}
+# The terminal of a lent machine may be cut off: the log keeps all of it.
+exec > >(tee -a "$LOG") 2> >(tee -a "$LOG" >&2)
+say "$(date -u '+%Y-%m-%d %H:%M:%S UTC'): bash $0 $*; everything printed also goes to $LOG"
 [ -f MD5SUMS ] || die "$BUNDLE/MD5SUMS is missing: copy the whole folder that gpu_bundle.sh built"
 
 # 1. A bundle copied in part, or damaged on the way, fails here and not halfway through a check.

@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 HOSTS = REPO / "tests" / "slurm" / "two_hosts.sh"
 sys.path.insert(0, str(REPO))
-from mnist_ddp.bench import steady_samples_per_second  # noqa: E402
+from mnist_ddp.bench.rows import steady_samples_per_second  # noqa: E402
 
 GRADIENT_BYTES = 1_532_968  # 383,242 float32 parameters
 ECHO_CODE = """

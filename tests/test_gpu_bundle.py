@@ -8,6 +8,7 @@ a bare venv's interpreter that has no omegaconf and no pip, as the GPU image has
 from __future__ import annotations
 
 import gzip
+import importlib.metadata
 import os
 import shutil
 import subprocess
@@ -108,7 +109,13 @@ def test_bundle_holds_everything_and_md5sums_verify(bundle, fake_data):
     listed = {line.split("  ", 1)[1] for line in (out / "MD5SUMS").read_text().splitlines()}
     assert {"run.sh", "repo.tar.gz", *(f"mnist/{name}.gz" for name in IDX_FILENAMES)} <= listed
     wheels = sorted(p.name for p in (out / "wheels").iterdir())
-    assert any(w.startswith("omegaconf-") and w.endswith("-py3-none-any.whl") for w in wheels), wheels
+    # Pinned to the release the tests ran with, not pyproject.toml's range.
+    tested = importlib.metadata.version("omegaconf")
+    assert f"omegaconf-{tested}-py3-none-any.whl" in wheels and f"'omegaconf=={tested}' resolves offline" in stdout
+    assert sum(w.startswith("omegaconf-") for w in wheels) == 1, wheels
+    # The last lines say what to do with it: it is git-ignored, so it must travel with the checkout.
+    assert "is git-ignored, so a copy of what git tracks leaves it behind" in stdout
+    assert "run.sh --quick" in stdout.splitlines()[-2] and "gpu_check.log" in stdout.splitlines()[-2]
     for target in TARGETS:
         assert any(w.lower().startswith("pyyaml-") and target in w for w in wheels), (target, wheels)
     assert not any(w.startswith("wandb") for w in wheels)  # tracking imports it lazily; the device run disables it
@@ -196,3 +203,5 @@ def test_inside_a_checkout_it_runs_gpu_check_with_the_bundle(bundle, bare_python
     assert "wandb: disabled" in r.stdout
     assert f"path: {copy / 'site'}:{checkout}" in r.stdout
     assert "imports ok" in r.stdout
+    log = (copy / "gpu_check.log").read_text()  # the terminal's lines, kept in the bundle as well
+    assert "args: --quick train.epochs=1" in log and "imports ok" in log and "md5 ok" in log
