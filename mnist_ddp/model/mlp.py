@@ -31,7 +31,7 @@ class BitsDropout(nn.Module):
         # The mask in bf16 when the scale is exact there (p = 0.5: 2): under autocast the
         # activations stay bf16, with no cast forward or back, and the products round once, as
         # in float32 then cast. Other scales keep a float32 mask (bf16 would round them).
-        exact = torch.tensor(self.scale, dtype=torch.bfloat16).item() == self.scale
+        exact = torch.tensor(self.scale, dtype=torch.bfloat16, device="cpu").item() == self.scale
         self.register_buffer(
             "bf16_scale", torch.tensor(self.scale, dtype=torch.bfloat16 if exact else torch.float32), persistent=False
         )
