@@ -4,8 +4,8 @@
 # on every node with the same RDZV_ENDPOINT and RDZV_ID.
 #
 #   NNODES       nodes in the job            (default: $SLURM_NNODES, else 1); MIN:MAX for an
-#                elastic job, which goes on with as few as MIN nodes and takes in up to MAX (the
-#                global batch must split evenly at every world size in between: checked here)
+#                elastic job, which goes on with as few as MIN nodes and takes in up to MAX (every
+#                world size in between must be at most the global batch: checked here)
 #   RDZV_LAST_CALL_SECONDS  an elastic job's wait for more nodes once MIN have joined (default 10)
 #   RDZV_KEEP_ALIVE_SECONDS how often each node's agent beats in the rendezvous (default 5); a node
 #                that misses 3 beats is dropped, and the others form a group without it
@@ -36,8 +36,8 @@ if (( 10#$min_nodes > 10#$max_nodes )); then
     echo "error: NNODES=$nnodes: the minimum is above the maximum; give MIN:MAX, e.g. NNODES=1:$min_nodes" >&2
     exit 2
 fi
-# Every world size the job may take after a membership change: a batch that does not split there
-# is refused now, not by every worker after the change.
+# Every world size the job may take after a membership change: one the batch cannot cover is
+# refused now, not by every worker after the change.
 check_config "$((min_nodes * NPROC)):$((max_nodes * NPROC)):$NPROC" "$@"
 if [ -z "${RDZV_ENDPOINT:-}" ]; then
     if [ -n "${SLURM_JOB_NODELIST:-}" ]; then

@@ -9,7 +9,7 @@ from conftest import CONFIGS, run_module
 from omegaconf import OmegaConf
 
 from mnist_ddp.base.errors import InputError
-from mnist_ddp.config.checks import check_text, check_world_size, per_rank_batch
+from mnist_ddp.config.checks import check_text, check_world_size
 from mnist_ddp.config.loading import key_reference, load_config, parse_args, to_dict
 from mnist_ddp.config.schema import Config, TrainConfig, all_keys
 
@@ -133,14 +133,21 @@ def test_overrides_may_come_before_and_after_the_config_file():
 
 
 def test_the_world_size_is_checked_before_any_rank_starts():
-    assert per_rank_batch(512, 2) == 256
-    with pytest.raises(InputError, match=r"train\.batch_size=512 does not split evenly across 3 ranks"):
-        per_rank_batch(512, 3)
-    with pytest.raises(InputError, match=r"train\.accumulate_steps=3 does not split the 256 images per rank"):
-        check_world_size(TrainConfig(accumulate_steps=3), 2)
+    # Any world size up to the batch trains the same run, dividing it or not.
+    for world_size in (1, 2, 3, 5, 7, 12, 512):
+        check_world_size(TrainConfig(batch_size=512), world_size)
+    with pytest.raises(InputError) as refused:
+        check_world_size(TrainConfig(batch_size=512), 513)
+    assert str(refused.value) == (
+        "train.batch_size=512 is smaller than the 513 ranks: each rank needs at least one image a step;"
+        " use train.batch_size=513 or more, or at most 512 ranks"
+    )
+    # Micro-batches may be unequal, but none of a full step may be empty: 100 over 3 ranks is 33 or 34.
+    check_world_size(TrainConfig(batch_size=100, accumulate_steps=33), 3)
+    with pytest.raises(InputError, match=r"^train\.accumulate_steps=34 is more than the 33 images some of the 3 ranks"):
+        check_world_size(TrainConfig(batch_size=100, accumulate_steps=34), 3)
     with pytest.raises(InputError, match=r"train\.cuda_graphs=true needs one CUDA rank \(here: 2 ranks\)"):
         check_world_size(TrainConfig(cuda_graphs=True), 2)
-    assert check_world_size(TrainConfig(batch_size=96, accumulate_steps=2), 3) == 32
 
 
 def test_text_settings_take_the_text_after_the_equals_sign_as_it_is():

@@ -63,7 +63,7 @@ def test_the_graphs_body_computes_what_the_eager_step_computes_bit_for_bit(optim
         batch_size=64, optimizer=optimizer, schedule="linear", lr=0.006, momentum=0.9 * (optimizer == "sgd")
     )
     data = tiny_splits()
-    shard = shard_indices(torch.randperm(300, generator=torch.Generator().manual_seed(1)), 0, 1)
+    shard = shard_indices(torch.randperm(300, generator=torch.Generator().manual_seed(1)), 0, 1, tc.batch_size)
     full_steps = len(shard) // tc.batch_size
 
     eager, eager_model = make_step(tc, data, full_steps, capturable=False, dropout=dropout)

@@ -437,33 +437,44 @@ def test_epoch_permutation_matches_distributed_sampler(seed, epoch):
     assert data_order.epoch_permutation(37, seed, epoch).tolist() == list(sampler)
 
 
-@pytest.mark.parametrize("n", [10, 7, 2])
-@pytest.mark.parametrize("world_size", [1, 2, 3, 4, 5])
-def test_shard_indices_match_distributed_sampler(n, world_size):
+@pytest.mark.parametrize("n", [10, 8, 2])
+@pytest.mark.parametrize("world_size", [1, 2, 4])
+def test_where_the_ranks_divide_batch_and_epoch_the_shards_are_distributed_samplers(n, world_size):
     order = torch.arange(n)
-    shards = [data_order.shard_indices(order, rank, world_size) for rank in range(world_size)]
-    for rank, shard in enumerate(shards):
+    for rank in range(world_size):
         sampler = DistributedSampler(range(n), num_replicas=world_size, rank=rank, shuffle=False)
-        assert shard.tolist() == list(sampler), (rank, world_size)
-    per_rank = -(-n // world_size)
-    assert all(len(s) == per_rank for s in shards)
-    seen = torch.cat(shards).tolist()
-    assert set(seen) == set(range(n))
-    if n % world_size == 0:
-        assert sorted(seen) == list(range(n))  # disjoint: nothing repeated
-    # Interleaved back, the shards are the order followed by its earliest items as padding.
-    interleaved = torch.stack(shards, 1).reshape(-1).tolist()
-    assert interleaved == list(range(n)) + [i % n for i in range(per_rank * world_size - n)]
+        if n % world_size == 0:
+            assert data_order.shard_indices(order, rank, world_size, 4).tolist() == list(sampler), (rank, world_size)
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 5, 7])
+def test_each_steps_global_batch_is_the_next_prefix_of_the_order_whatever_the_ranks(world_size):
+    # 23 images in global batches of 7 (the last step takes 2): the ranks of a step together take
+    # the step's 7 images, each image of the epoch once, ceil or floor of 7 / W each (0 or 1 of
+    # the last step's 2 at 3 or more ranks), and no padding.
+    order, batch = data_order.epoch_permutation(23, seed=1, epoch=2), 7
+    shards = [data_order.shard_indices(order, rank, world_size, batch) for rank in range(world_size)]
+    counts = [data_order.rank_batch(batch, world_size, rank) for rank in range(world_size)]
+    assert sum(counts) == batch and max(counts) - min(counts) <= (1 if world_size > 1 else 0)
+    for step in range(-(-23 // batch)):
+        taken = []
+        for rank, shard in enumerate(shards):
+            mine = shard[step * counts[rank] : (step + 1) * counts[rank]].tolist()
+            assert len(mine) == (counts[rank] if step < 3 else max(0, data_order.rank_batch(2, world_size, rank)))
+            taken += mine
+        assert sorted(taken) == sorted(order[step * batch : (step + 1) * batch].tolist())
+        assert data_order.step_images(step, batch, 23) == len(taken)
+    assert sorted(torch.cat(shards).tolist()) == list(range(23))
 
 
 def test_shard_indices_follow_a_shuffled_order():
     order = data_order.epoch_permutation(10, seed=1, epoch=2)
-    shards = [data_order.shard_indices(order, rank, 3).tolist() for rank in range(3)]
+    shards = [data_order.shard_indices(order, rank, 3, 6).tolist() for rank in range(3)]
     o = order.tolist()
     assert shards == [
         [o[0], o[3], o[6], o[9]],
-        [o[1], o[4], o[7], o[0]],
-        [o[2], o[5], o[8], o[1]],
+        [o[1], o[4], o[7]],
+        [o[2], o[5], o[8]],
     ]
 
 

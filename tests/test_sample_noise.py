@@ -74,7 +74,7 @@ def test_an_epochs_keys_computed_at_once_are_each_steps_keys_bit_for_bit(ranks):
     per_rank, first = 96 // ranks, 123
     units = unit_words(128)
     for rank in range(ranks):
-        shard = shard_indices(epoch_permutation(1000, 7, 3), rank, ranks)
+        shard = shard_indices(epoch_permutation(1000, 7, 3), rank, ranks, 96)
         planned = {stream: epoch_keys(7, shard, first, per_rank, stream) for stream in (DROPOUT_STREAM, SHIFT_STREAM)}
         steps = -(-len(shard) // per_rank)
         for step in range(steps):

@@ -90,7 +90,7 @@ def test_the_default_run_dir_follows_the_settings_so_the_same_command_resumes(tm
         (["train.batchsize=5"], "error: unknown config key 'train.batchsize' (command line); did you mean"),
         (["train.batch_size=0"], "error: config key 'train.batch_size' is 0; it must be at least 1"),
         (["train.cuda_graphs=true", "train.device=cpu"], "error: train.cuda_graphs=true needs one CUDA rank"),
-        (["train.accumulate_steps=3"], "error: train.accumulate_steps=3 does not split the 512 images per rank"),
+        (["train.accumulate_steps=513"], "error: train.accumulate_steps=513 is more than the 512 images some of"),
         (["--config", "missing.yaml"], "error: config file missing.yaml does not exist"),
         (["data.download=false"], "error: MNIST files missing from"),
         (["data.format=mat"], "mnist-original.mat does not exist"),

@@ -122,5 +122,5 @@ def open_sample_log(rank: int) -> TextIO | None:
 def log_samples(log: TextIO | None, global_step: int, world_size: int, rank: int, batch: torch.Tensor) -> None:
     """One line for the step that just trained on ``batch`` (dataset indices), if logging."""
     if log is not None:
-        indices = ",".join(str(i) for i in batch.tolist())
+        indices = ",".join(str(i) for i in batch.tolist()) or "-"  # "-": none of a short last step
         log.write(f"{time.time():.3f} {global_step} {world_size} {rank} {indices}\n")

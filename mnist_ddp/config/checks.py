@@ -68,30 +68,26 @@ def check_path_names(what: str, path: str) -> None:
             )
 
 
-def per_rank_batch(batch_size: int, world_size: int) -> int:
-    """Each rank's share of the global batch, which must split evenly."""
-    if batch_size % world_size:
-        raise InputError(
-            f"train.batch_size={batch_size} does not split evenly across {world_size} ranks;"
-            f" use a multiple of {world_size}"
-        )
-    return batch_size // world_size
-
-
-def check_world_size(tc: TrainConfig, world_size: int) -> int:
+def check_world_size(tc: TrainConfig, world_size: int) -> None:
     """What the config needs of the number of ranks (the launch scripts check it before torchrun
-    starts workers, which would each fail alike, after every restart); each rank's batch."""
-    batch = per_rank_batch(tc.batch_size, world_size)
-    if batch % tc.accumulate_steps:
+    starts workers, which would each fail alike, after every restart). Any number of ranks up to
+    the global batch trains the same run: a batch that W does not divide splits unevenly, each
+    rank's loss weighted by its images (mnist_ddp.training.step)."""
+    if world_size > tc.batch_size:
         raise InputError(
-            f"train.accumulate_steps={tc.accumulate_steps} does not split the {batch} images per rank"
-            " per step evenly; use a divisor of train.batch_size / ranks"
+            f"train.batch_size={tc.batch_size} is smaller than the {world_size} ranks: each rank needs at least"
+            f" one image a step; use train.batch_size={world_size} or more, or at most {tc.batch_size} ranks"
+        )
+    fewest = tc.batch_size // world_size
+    if tc.accumulate_steps > fewest:
+        raise InputError(
+            f"train.accumulate_steps={tc.accumulate_steps} is more than the {fewest} images some of the"
+            f" {world_size} ranks take a step (train.batch_size={tc.batch_size}); use at most {fewest}"
         )
     if tc.cuda_graphs and world_size > 1:
         raise InputError(
             f"train.cuda_graphs=true needs one CUDA rank (here: {world_size} ranks); set train.cuda_graphs=false"
         )
-    return batch
 
 
 def validate(cfg: Config) -> None:

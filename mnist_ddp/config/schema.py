@@ -49,7 +49,7 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     epochs: int = doc("passes over the training set", 4)
-    batch_size: int = doc("global batch size (split evenly across ranks)", 512)
+    batch_size: int = doc("global batch size, split as evenly as it can be across any number of ranks up to it", 512)
     optimizer: str = doc("sgd | adamw", "adamw")
     lr: float = doc("learning rate (the peak rate for onecycle and linear)", 6e-3)
     momentum: float = doc("sgd momentum", 0.0)
@@ -61,7 +61,7 @@ class TrainConfig:
     warmup_fraction: float = doc("share of all steps spent warming up (linear schedule), in [0, 1)", 0.1)
     augment_shift: int = doc("shift each training image by up to N pixels in x and y, anew every step (0: off)", 0)
     accumulate_steps: int = doc(
-        "micro-batches per optimizer step, each rank's share split evenly; DDP syncs only the last (no_sync)", 1
+        "micro-batches per optimizer step, each rank's share split as evenly as it can be; DDP syncs only the last", 1
     )
     bf16: str = doc(
         "auto (bf16 autocast where the device multiplies bf16 natively: CUDA capability >= 8.0, CPUs with"

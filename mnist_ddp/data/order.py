@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -28,16 +29,32 @@ def to_device_without_waiting(tensor: torch.Tensor, device: torch.device) -> tor
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
-def shard_indices(order: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
-    """This rank's strided share of an epoch's order, padded as DistributedSampler pads.
-
-    The order is extended by its own first items until it divides evenly, so every rank gets
-    the same number of indices and therefore takes the same number of optimizer steps.
+def shard_indices(order: torch.Tensor, rank: int, world_size: int, batch_size: int) -> torch.Tensor:
+    """This rank's share of an epoch's order, step by step: of each step's global batch (the next
+    ``batch_size`` images of the order; the last step takes what is left) the images at places
+    rank, rank + W, rank + 2W, ... So the ranks of a step take one prefix of the order whatever
+    their number W: ``ceil(B/W)`` images each or ``floor(B/W)``, every image of the epoch once
+    and no padding. Where W divides B this is ``order[rank::W]``, DistributedSampler's split.
     """
-    total = -(-len(order) // world_size) * world_size
-    if total != len(order):
-        order = order.repeat(-(-total // len(order)))[:total]
-    return order[rank::world_size]
+    return order[shard_positions(len(order), batch_size, rank, world_size, order.device)]
+
+
+@functools.cache
+def shard_positions(n: int, batch_size: int, rank: int, world_size: int, device: torch.device) -> torch.Tensor:
+    """The places in an epoch's order of ``n`` images that :func:`shard_indices` takes, on
+    ``device``: computed once, so that taking a shard is one gather (no wait for a GPU)."""
+    within_batch = torch.arange(n) % batch_size
+    return torch.nonzero(within_batch % world_size == rank).flatten().to(device)
+
+
+def rank_batch(batch_size: int, world_size: int, rank: int) -> int:
+    """The images ``rank`` takes of a full global batch of ``batch_size``: ceil(B/W) or floor(B/W)."""
+    return (batch_size - rank + world_size - 1) // world_size
+
+
+def step_images(step_in_epoch: int, batch_size: int, epoch_images: int) -> int:
+    """The images the whole global batch of an epoch's step (0-based) takes: the last one is short."""
+    return max(0, min(batch_size, epoch_images - step_in_epoch * batch_size))
 
 
 def shift_images(images: torch.Tensor, max_shift: int, offsets: torch.Tensor) -> torch.Tensor:

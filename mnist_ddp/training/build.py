@@ -12,7 +12,7 @@ from torch import nn
 from mnist_ddp.base import fault_injection
 from mnist_ddp.config.checks import check_world_size
 from mnist_ddp.config.schema import Config
-from mnist_ddp.data.order import shard_indices
+from mnist_ddp.data.order import rank_batch, shard_indices
 from mnist_ddp.data.splits import Splits, load_on_every_rank
 from mnist_ddp.model.evaluation import EvalCounts, evaluate_across_ranks
 from mnist_ddp.model.mlp import build_model
@@ -37,12 +37,12 @@ class Parts:
     threads: int
     bf16: bool
     precision_reason: str
-    per_rank_batch: int
+    per_rank_batch: int  # this rank's images in a full step: ceil or floor of train.batch_size / ranks
     data: Splits
     data_fingerprint: dict[str, str]
     model: nn.Module  # the module itself; DDP's wrapper lives in ``step``
     clock: RankClock
-    shard_len: int  # every rank's shard has this length (padded), hence the same number of steps
+    shard_len: int  # this rank's images an epoch (every rank takes the same number of steps)
     steps_per_epoch: int
     optimizer: torch.optim.Optimizer
     schedule: Any
@@ -63,11 +63,9 @@ class Parts:
             self.model, data.test_images, data.test_labels, batch_size, launch.rank, launch.world_size
         )
 
-    def images_trained(self, resumed_at: int, world_size: int) -> int:
-        """Training images an epoch's steps took, over all ranks, not counting DDP's padding."""
-        padding = self.shard_len * world_size - len(self.data.train_labels)  # all in the last batches
-        taken = max(0, self.shard_len - resumed_at * self.per_rank_batch) * world_size
-        return max(0, taken - padding)
+    def images_trained(self, resumed_at: int, batch_size: int) -> int:
+        """Training images an epoch's steps took over all ranks, from step ``resumed_at`` on."""
+        return max(0, len(self.data.train_labels) - resumed_at * batch_size)
 
     def rank_times(self, enabled: bool, device: torch.device) -> dict[str, list[float]] | None:
         """Every rank's seconds per phase since the last record, on every rank (a collective; None when off)."""
@@ -80,7 +78,8 @@ class Parts:
 def build_parts(cfg: Config, launch: Launch, device: torch.device, backend: str) -> Parts:
     """Check the settings this world size needs, seed, load the data and build the rest (every rank alike)."""
     tc, rank, world_size = cfg.train, launch.rank, launch.world_size
-    per_rank_batch = check_world_size(tc, world_size)
+    check_world_size(tc, world_size)
+    per_rank_batch = rank_batch(tc.batch_size, world_size, rank)
     check_step_options(tc, device, world_size)
     bf16, precision_reason = choose_bf16(tc.bf16, device)
     precision_reason += allow_tf32(tc.tf32, device)
@@ -101,16 +100,17 @@ def build_parts(cfg: Config, launch: Launch, device: torch.device, backend: str)
     ddp_model = wrap_ddp(model, device, cfg.dist)
     if ddp_model is not model:  # backward computes the first layer's gradients last
         clock.watch_gradients(list(model.layers[0].parameters()))
-    shard_len = len(shard_indices(torch.arange(len(data.train_labels)), rank, world_size))
-    steps_per_epoch = -(-shard_len // per_rank_batch)
+    shard_len = len(shard_indices(torch.arange(len(data.train_labels)), rank, world_size, tc.batch_size))
+    steps_per_epoch = -(-len(data.train_labels) // tc.batch_size)
     optimizer = build_optimizer(model.parameters(), tc, device, capturable=tc.cuda_graphs)
     schedule = build_schedule(optimizer, tc, tc.epochs * steps_per_epoch)
     stop_guard = guard.StopGuard(model, device)
     fault = fault_injection.planned_fault(rank)
     sample_log = fault_injection.open_sample_log(rank)
     step_parts = StepParts(
-        data, model, ddp_model, optimizer, schedule, stop_guard, per_rank_batch, bf16, clock.gradients_reduced
-    )
+        data, model, ddp_model, optimizer, schedule, stop_guard, per_rank_batch, bf16, clock.gradients_reduced,
+        world_size, tc.batch_size,
+    )  # fmt: skip
     step = TrainStep(tc, step_parts, fault, cfg.seed)
     return Parts(
         backend, list(launch.hosts), threads, bf16, precision_reason, per_rank_batch, data, fingerprint, model,

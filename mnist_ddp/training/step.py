@@ -20,7 +20,7 @@ from torch import nn
 from mnist_ddp.base import fault_injection
 from mnist_ddp.base.errors import InputError
 from mnist_ddp.config.schema import TrainConfig
-from mnist_ddp.data.order import shift_images
+from mnist_ddp.data.order import shift_images, step_images
 from mnist_ddp.data.splits import Splits, normalize_pixels
 from mnist_ddp.model.mlp import BitsDropout
 from mnist_ddp.model.optimizer import HOST_SCHEDULES, step_schedule
@@ -72,8 +72,9 @@ def normalized_inputs(images: torch.Tensor, bf16: bool) -> torch.Tensor:
 @dataclass
 class StepParts:
     """What a step trains with: the data on the device, the model (and its DDP wrapper, or the
-    model itself), optimizer, schedule, stop guard, this rank's batch, the precision, and what to
-    call when backward returns (the end of the wait for the others' gradients)."""
+    model itself), optimizer, schedule, stop guard, this rank's images in a full step, the
+    precision, what to call when backward returns (the end of the wait for the others'
+    gradients), the number of ranks and the global batch they share (0: ``batch_size``, one rank)."""
 
     data: Splits
     model: nn.Module
@@ -84,6 +85,8 @@ class StepParts:
     batch_size: int
     bf16: bool = False  # forward in bf16 autocast, as mnist_ddp.model.precision.choose_bf16 decided
     backward_returned: Callable[[], None] = lambda: None
+    world_size: int = 1
+    global_batch: int = 0
 
 
 class TrainStep:
@@ -95,6 +98,7 @@ class TrainStep:
         self.tc, self.data, self.model, self.ddp_model = tc, data, model, ddp_model
         self.optimizer, self.schedule, self.guard = parts.optimizer, parts.schedule, parts.guard
         self.batch_size, self.fault, self.seed = parts.batch_size, fault, seed
+        self.world_size, self.global_batch = parts.world_size, parts.global_batch or parts.batch_size
         self.backward_returned = parts.backward_returned  # the end of the wait for the other ranks' gradients
         self.forward = torch.compile(ddp_model) if tc.compile else ddp_model
         device_type = data.train_images.device.type
@@ -151,7 +155,7 @@ class TrainStep:
             # DDP, None is the cheaper choice too: DDP writes each new gradient into its bucket
             # scaled, one kernel each, where zeroed bucket views cost a zeroing, an add and a divide.
             self.optimizer.zero_grad(set_to_none=self.graph is None)
-            loss = self.loss_and_grads(columns, global_step)
+            loss = self.loss_and_grads(columns, global_step, position)
             with uncaptured_steps_expected() if self.graph is not None else nullcontext():
                 self.optimizer.step()
             step_losses[position] = loss
@@ -182,22 +186,30 @@ class TrainStep:
         with self.autocast:
             logits = self.forward(images, keys).float()
         labels = self.data.train_labels[batch]
+        if len(labels) == 0:  # no image of the epoch's short last step: zero gradients, for DDP all the same
+            return logits.sum()
         if self.soft_targets is None:
             return F.cross_entropy(logits, labels)
         return F.cross_entropy(logits, self.soft_targets[labels])
 
-    def loss_and_grads(self, columns: torch.Tensor, global_step: int) -> torch.Tensor:
-        """Gradients of the batch's mean loss into .grad, from accumulate_steps micro-batches.
+    def loss_and_grads(self, columns: torch.Tensor, global_step: int, position: int) -> torch.Tensor:
+        """Gradients of the global batch's mean loss into .grad, from this rank's images in
+        accumulate_steps micro-batches (as even as they can be).
 
-        DDP all-reduces the gradients during the last micro-batch's backward only (no_sync).
+        DDP averages the ranks' gradients with equal weight, during the last micro-batch's
+        backward only (no_sync). So each micro-batch's mean loss is scaled by its images times
+        ranks over the global batch's images: the average over ranks is then the mean over the
+        global batch, however unevenly it split (some ranks may hold one image fewer, or none of
+        an epoch's short last step). Where the ranks' shares are equal the factor is 1.
         """
         accumulate, size = self.tc.accumulate_steps, columns.shape[1]
-        parts = columns.split(size // accumulate if size >= accumulate else 1, dim=1)
+        global_images = step_images(position, self.global_batch, len(self.data.train_labels))
+        parts = columns.tensor_split(min(accumulate, max(size, 1)), dim=1)
         total = torch.zeros((), device=columns.device)
         for i, part in enumerate(parts):
             last = i == len(parts) - 1
             with nullcontext() if last or self.ddp_model is self.model else self.ddp_model.no_sync():
-                loss = self.batch_loss(part) * (part.shape[1] / size)
+                loss = self.batch_loss(part) * (part.shape[1] * self.world_size / global_images)
                 loss = fault_injection.inject(self.fault, global_step, loss)
                 loss.backward()  # DDP averages the gradients across ranks here (last micro-batch)
             self.backward_returned()

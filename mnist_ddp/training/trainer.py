@@ -107,7 +107,8 @@ class Trainer:
         with self.reporter.tracked(resume_id):
             # Host-side values only in the loop: the losses stay on the device until the epoch ends.
             parts = self.parts
-            self.losses = EpochLosses(parts.steps_per_epoch, parts.per_rank_batch, parts.shard_len, self.device)
+            images = len(parts.data.train_labels)
+            self.losses = EpochLosses(self.cfg.train.batch_size, images, self.launch.world_size, self.device)
             self.parts.guard.start_at(self.progress.global_step)
             if self.cfg.train.cuda_graphs:
                 self.parts.step.capture(self.losses.values, self.parts.shard_len)
@@ -141,7 +142,8 @@ class Trainer:
             watch.start_epoch(p)
             with syncs_reported(self.device):  # MNIST_DDP_SYNC_DEBUG: nothing here should wait for a GPU
                 order = epoch_permutation(len(parts.data.train_labels), cfg.seed, p.epoch)
-                shard = shard_indices(to_device_without_waiting(order, self.device), launch.rank, launch.world_size)
+                order = to_device_without_waiting(order, self.device)
+                shard = shard_indices(order, launch.rank, launch.world_size, cfg.train.batch_size)
                 self.losses.values.zero_()
                 parts.step.start_epoch(shard, p.global_step - p.step_in_epoch, p.step_in_epoch)
                 watch.start_loop()
@@ -167,12 +169,10 @@ class Trainer:
         snapshot = last or (every > 0 and p.epoch % every == 0)
         counts = train_loss = decision = None
         train_seconds = timing.device_clock(self.device) - started
-        images = self.parts.images_trained(p.resumed_at, self.launch.world_size)
+        images = self.parts.images_trained(p.resumed_at, tc.batch_size)
         if evaluate:
             with self.snapshots.phase("agreement", p):
-                train_loss = all_reduce_sum(self.losses.sum_so_far(p)).item() / (
-                    self.parts.shard_len * self.launch.world_size
-                )
+                train_loss = all_reduce_sum(self.losses.sum_so_far(p)).item() / len(self.parts.data.train_labels)
         self.reporter.log_step_losses(self.losses.values, logged_lrs, p.global_step)
         if evaluate:
             with self.snapshots.phase("evaluation", p):
