@@ -51,10 +51,12 @@ run() {  # name, seconds allowed, images per step, overrides...
     local name=$1 limit=$2 batch=$3 slow= code
     shift 3
     case ${MNIST_DDP_TEST_SLOW_ROW:-} in "$name="*) slow=${MNIST_DDP_TEST_SLOW_ROW#*=} ;; esac
-    # timeout's TERM goes to the run (it writes nothing half-way), then KILL 5 s later.
-    MNIST_DDP_TEST_SLOW=$slow timeout --kill-after=5 "$limit" "$PYTHON" -m mnist_ddp.train "run.dir=$OUT/$name" \
+    # timeout's TERM goes to the run (it writes nothing half-way), then KILL 5 s later. In a
+    # subshell whose stderr is dropped: only bash's "Killed" job line goes there, the run's own
+    # output goes to its log.
+    (MNIST_DDP_TEST_SLOW=$slow timeout --kill-after=5 "$limit" "$PYTHON" -m mnist_ddp.train "run.dir=$OUT/$name" \
         "train.device=$DEVICE" wandb.mode=disabled log.plots=false log.progress=false checkpoint.every_steps=0 \
-        checkpoint.every_epochs=0 "$@" "${EXTRA[@]}" >"$OUT/$name.log" 2>&1
+        checkpoint.every_epochs=0 "$@" "${EXTRA[@]}" >"$OUT/$name.log" 2>&1; exit $?) 2>/dev/null
     code=$?
     if [ "$code" = 0 ]; then
         report "$name" "$OUT/$name" "$batch"

@@ -86,6 +86,7 @@ def test_a_row_past_its_limit_is_cut_off_and_the_targets_table_still_prints():
         ["bash", str(BENCHMARKS / "gpu.sh"), *extra], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
     )
     assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stderr == ""  # not even bash's "Killed" line for the row it cut off
     lines = r.stdout.splitlines()
     assert "default-to-98 CUT OFF after 4 s (its limit; ROW_SECONDS or BLOG_SECONDS raise it)" in lines
     assert any(line.startswith("default-graphs ") and "samples/s" in line for line in lines)
