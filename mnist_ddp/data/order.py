@@ -42,9 +42,10 @@ def shard_indices(order: torch.Tensor, rank: int, world_size: int, batch_size: i
 @functools.cache
 def shard_positions(n: int, batch_size: int, rank: int, world_size: int, device: torch.device) -> torch.Tensor:
     """The places in an epoch's order of ``n`` images that :func:`shard_indices` takes, on
-    ``device``: computed once, so that taking a shard is one gather (no wait for a GPU)."""
+    ``device``: computed once on the host (``nonzero`` on a GPU would wait for it) and copied
+    without waiting, so that taking a shard is one gather inside the epoch's no-sync region."""
     within_batch = torch.arange(n) % batch_size
-    return torch.nonzero(within_batch % world_size == rank).flatten().to(device)
+    return to_device_without_waiting(torch.nonzero(within_batch % world_size == rank).flatten(), device)
 
 
 def rank_batch(batch_size: int, world_size: int, rank: int) -> int:
