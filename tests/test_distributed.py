@@ -239,7 +239,7 @@ def test_any_world_size_trains_the_default_recipe_as_one_process_does(tmp_path):
         "5 short": (5, ["train.batch_size=478"]),
         "3 bf16 hook": (3, ["train.batch_size=512", "dist.comm_hook=bf16"]),
     }
-    weights, accuracy = {}, {}
+    weights, accuracy, train_loss = {}, {}, {}
     for name, (ranks, options) in runs.items():
         run = tmp_path / name.replace(" ", "_").replace(",", "")
         if ranks == 1:
@@ -250,6 +250,7 @@ def test_any_world_size_trains_the_default_recipe_as_one_process_does(tmp_path):
             assert [r.returncode for r in done] == [0] * ranks, done[0].stderr[-3000:]
         weights[name] = torch.load(run / "model.pt", weights_only=True)["state_dict"]
         accuracy[name] = json.loads((run / "summary.json").read_text())["test_accuracy"]
+        train_loss[name] = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["train_loss"]
 
     def difference(a: str, b: str) -> float:
         return max((weights[a][k] - weights[b][k]).abs().max().item() for k in weights[a])
@@ -262,6 +263,8 @@ def test_any_world_size_trains_the_default_recipe_as_one_process_does(tmp_path):
     for name, reference in (("3", "1"), ("5", "1"), ("3 short, micro-batches", "1 short"), ("5 short", "1 short")):
         assert difference(reference, name) <= 50 * reduction_order, (name, difference(reference, name))
         assert accuracy[name] == accuracy[reference], name
+        # The epoch's training loss is the mean over the global batches, whatever the ranks.
+        assert train_loss[name] == pytest.approx(train_loss[reference], rel=1e-6), name
     # A bf16 hook rounds the gradients on the wire: close, not equal.
     assert reduction_order < difference("1", "3 bf16 hook") <= 0.05
     assert abs(accuracy["3 bf16 hook"] - accuracy["1"]) <= 0.03
