@@ -17,35 +17,44 @@ from typing import Any
 
 import torch
 
-
-def undecorated(method: Callable[..., Any]) -> Callable[..., Any]:
-    """torch's own function under its wrappers (itself when it has none)."""
-    return inspect.unwrap(method)
+# torch's own methods under their wrappers, found once (inspect.unwrap follows ``__wrapped__``;
+# a method with no wrapper is itself), not on every step.
+ADD_PARAM_GROUP = inspect.unwrap(torch.optim.Optimizer.add_param_group)
+ZERO_GRAD = inspect.unwrap(torch.optim.Optimizer.zero_grad)
+STATE_DICT = inspect.unwrap(torch.optim.Optimizer.state_dict)
+LOAD_STATE_DICT = inspect.unwrap(torch.optim.Optimizer.load_state_dict)
 
 
 class WithoutDynamo:
-    """Mixed in before a ``torch.optim.Optimizer`` subclass: the same methods, unwrapped."""
+    """Mixed in before a ``torch.optim.Optimizer`` subclass: the same methods, unwrapped. A
+    subclass names its own class's unwrapped step as ``plain_step``."""
+
+    plain_step: Callable[..., Any]
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        undecorated(torch.optim.Optimizer.add_param_group)(self, param_group)
+        ADD_PARAM_GROUP(self, param_group)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        undecorated(torch.optim.Optimizer.zero_grad)(self, set_to_none)
+        ZERO_GRAD(self, set_to_none)
 
     def state_dict(self) -> dict[str, Any]:
-        return undecorated(torch.optim.Optimizer.state_dict)(self)
+        return STATE_DICT(self)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        undecorated(torch.optim.Optimizer.load_state_dict)(self, state_dict)
+        LOAD_STATE_DICT(self, state_dict)
 
     def step(self, closure: Callable[[], float] | None = None) -> Any:
         with torch.no_grad():
-            return undecorated(super().step)(self, closure)  # type: ignore[misc]
+            return self.plain_step(closure)
 
 
 class EagerSGD(WithoutDynamo, torch.optim.SGD):
     """``torch.optim.SGD`` that never imports TorchDynamo."""
 
+    plain_step = inspect.unwrap(torch.optim.SGD.step)
+
 
 class EagerAdamW(WithoutDynamo, torch.optim.AdamW):
     """``torch.optim.AdamW`` that never imports TorchDynamo."""
+
+    plain_step = inspect.unwrap(torch.optim.AdamW.step)
